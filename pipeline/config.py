@@ -1,0 +1,352 @@
+"""Typed experiment configuration: one frozen dataclass per stage, loaded from YAML.
+
+A config file is a short YAML document whose top-level keys are the stage sections below
+(`data`, `augment`, `model`, `train`, `export`) plus `name` and `runs_dir`. Anything not given
+takes the dataclass default. Command-line overrides are `section.key=value` pairs whose
+values are parsed as YAML and type-checked like the file.
+
+    config = load_config("configs/default.yaml", ["train.head_epochs=3", "model.dropout=0.3"])
+
+Every mistake is one `ConfigError` line naming the key, what was received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split.
+
+    Attributes:
+        source: "fashion_mnist" (the IDX files of Debian's `dataset-fashion-mnist`), "folder"
+            (one sub-folder per class, or train/dev/test folders) or "tfds" (any
+            tensorflow-datasets image classification dataset, downloaded on first use).
+        path: the folder for "folder"; the IDX folder for "fashion_mnist".
+        tfds_name: the tensorflow-datasets name for "tfds", e.g. "tf_flowers".
+        image_size: images are stored square at this size (shorter side resized, centre crop).
+        split_ratios: train/dev/test fractions; empty means "follow the dataset's size".
+        split_by: "content" hashes the file bytes (duplicates share a split), "path" the path.
+        on_bad_file: "skip" reports unreadable files and goes on; "error" stops at the first.
+        max_image_pixels: decompression-bomb guard; larger images are skipped.
+        max_examples: keep at most this many training examples (0 keeps all); for quick runs.
+        cache_dir: where decoded images and downloads are kept.
+    """
+
+    source: str = "fashion_mnist"
+    path: str = "/usr/share/datasets/fashion-mnist"
+    tfds_name: str = ""
+    image_size: int = 160
+    split_ratios: tuple[float, ...] = ()
+    split_by: str = "content"
+    on_bad_file: str = "skip"
+    max_image_pixels: int = 40_000_000
+    max_examples: int = 0
+    cache_dir: str = "data"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The training augmentation chain: a preset name or a list of albumentations transforms.
+
+    Attributes:
+        chain: "none", "light", "standard", "strong", or a list of
+            `{name: HorizontalFlip, p: 0.5, ...}` entries.
+        preview_images: how many training images the preview grid shows.
+        preview_views: augmented versions shown per image.
+    """
+
+    chain: str | list = "standard"
+    preview_images: int = 6
+    preview_views: int = 5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The pretrained backbone and the new classification head.
+
+    Attributes:
+        backbone: a name from `pipeline.backbones.list_backbones()`.
+        weights: "imagenet", "none", or a path to a local `.weights.h5` file.
+        image_size: model input size; 0 takes the backbone's default.
+        dropout: dropout rate before the new softmax layer.
+        l2: L2 weight penalty on the new softmax layer's kernel.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    image_size: int = 0
+    dropout: float = 0.2
+    l2: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Two-phase fine-tuning: a head on cached frozen features, then the top blocks.
+
+    Attributes:
+        batch_size: examples per step in both phases.
+        cached_views: augmented views of each training image whose features are cached (K).
+        head_epochs: phase 1 epochs (head only, frozen base).
+        head_learning_rate: phase 1 Adam initial learning rate.
+        fine_tune_epochs: phase 2 epochs (top blocks unfrozen); 0 skips phase 2.
+        fine_tune_learning_rate: phase 2 Adam initial learning rate.
+        decay_rate: exponential learning-rate decay per epoch in both phases.
+        early_stopping_patience: epochs without dev-loss improvement before stopping.
+        class_weight: "none" or "balanced" (weights inversely proportional to class counts).
+        train_error_examples: training examples used to measure train error (0 = all).
+        seed: seeds augmentation, shuffling and weight initialisation.
+    """
+
+    batch_size: int = 64
+    cached_views: int = 2
+    head_epochs: int = 15
+    head_learning_rate: float = 1e-3
+    fine_tune_epochs: int = 3
+    fine_tune_learning_rate: float = 1e-4
+    decay_rate: float = 0.8
+    early_stopping_patience: int = 3
+    class_weight: str = "none"
+    train_error_examples: int = 5000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Where and how the fine-tuned model is exported.
+
+    Attributes:
+        models_dir: exported models go to `<models_dir>/<run name>/`.
+    """
+
+    models_dir: str = "models"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: a run name and a config section per stage."""
+
+    name: str = "default"
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+CHOICES = {
+    "data.source": ("fashion_mnist", "folder", "tfds"),
+    "data.split_by": ("content", "path"),
+    "data.on_bad_file": ("skip", "error"),
+    "train.class_weight": ("none", "balanced"),
+}
+POSITIVE = {
+    "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
+}
+FRACTIONS = {"model.dropout", "train.decay_rate"}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Loads an experiment config from YAML and applies `section.key=value` overrides.
+
+    Args:
+        path: a YAML file; None starts from the defaults.
+        overrides: strings like "train.batch_size=32"; values are parsed as YAML.
+
+    Returns:
+        The validated, frozen experiment config.
+
+    Raises:
+        ConfigError: unknown key, wrong type, value out of range, unreadable file.
+    """
+    raw = _read_yaml(Path(path)) if path else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_nested(raw, key, value)
+    config = _build(ExperimentConfig, raw, prefix="")
+    _validate(config)
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain YAML-ready data (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def save_config(config: ExperimentConfig, path: Path) -> None:
+    """Writes the resolved config, so a run folder always says exactly what ran."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    temporary.replace(path)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Pass an existing YAML file, "
+                          f"e.g. --config configs/default.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file '{path}' must be a mapping of sections. "
+                          f"Received: {type(raw).__name__}.")
+    return raw
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise ConfigError(f"Override '{text}' must look like section.key=value, "
+                          f"e.g. train.batch_size=32.")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def _set_nested(raw: dict, dotted_key: str, value: Any) -> None:
+    *sections, leaf = dotted_key.split(".")
+    node = raw
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Override '{dotted_key}': '{section}' is not a section.")
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config file"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping. Received: {raw!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
+    values = {}
+    for name, value in raw.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, value, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(prefix + name, value, kind)
+    return cls(**values)
+
+
+def _unknown_key_message(key: str, valid: list[str], prefix: str) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    return (f"Unknown config key '{key}'.{hint} Valid keys here: "
+            f"{', '.join(prefix + name for name in valid)}.")
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Checks one value against its annotated type, allowing int -> float and list -> tuple."""
+    if isinstance(kind, types.UnionType):
+        for option in typing.get_args(kind):
+            if _matches(value, option):
+                return _coerce(key, value, option)
+        raise _type_error(key, value, kind)
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, kind)
+        item_kind = typing.get_args(kind)[0]
+        return tuple(_coerce(key, item, item_kind) for item in value)
+    if kind is float and isinstance(value, str):
+        value = _float_or_text(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+    if not _matches(value, kind):
+        raise _type_error(key, value, kind)
+    if kind is float:
+        return float(value)
+    if kind is str and value is None:
+        return "none"
+    return value
+
+
+def _float_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _matches(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind) or kind
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is str:
+        return isinstance(value, str) or value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, origin)
+
+
+def _type_error(key: str, value: Any, kind: Any) -> ConfigError:
+    expected = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    return ConfigError(f"Config key '{key}' expects {expected}. Received: {value!r} "
+                       f"({type(value).__name__}).")
+
+
+def _validate(config: ExperimentConfig) -> None:
+    flat = {}
+    for section in ("data", "augment", "model", "train", "export"):
+        for name, value in dataclasses.asdict(getattr(config, section)).items():
+            flat[f"{section}.{name}"] = value
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"Config key '{key}' must be one of: {', '.join(allowed)}. "
+                              f"Received: {flat[key]!r}.")
+    for key in POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"Config key '{key}' must be positive. Received: {flat[key]!r}.")
+    for key in FRACTIONS:
+        if not 0.0 <= flat[key] < 1.0 and not (key == "train.decay_rate" and flat[key] == 1.0):
+            raise ConfigError(f"Config key '{key}' must be in [0, 1). Received: {flat[key]!r}.")
+    for key, value in flat.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
+    _validate_ratios(config.data.split_ratios)
+    if not config.name or "/" in config.name:
+        raise ConfigError(f"Config key 'name' must be a plain folder name. "
+                          f"Received: {config.name!r}.")
+
+
+def _validate_ratios(ratios: tuple[float, ...]) -> None:
+    if not ratios:
+        return
+    if len(ratios) != 3 or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) < 0 or ratios[0] == 0:
+        raise ConfigError(f"Config key 'data.split_ratios' must be three fractions "
+                          f"(train, dev, test) that sum to 1, e.g. [0.6, 0.2, 0.2]. "
+                          f"Received: {list(ratios)!r}.")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value

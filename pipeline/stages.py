@@ -1,0 +1,126 @@
+"""Run folders, the lock file, skip-if-fresh and atomic writes.
+
+Each stage records in `runs/<name>/lock.json` a fingerprint of what it read: its slice of the
+resolved config and the hashes of its input artifacts. When a stage is asked to run again and
+that fingerprint is unchanged and its outputs still exist, it is skipped, like `make` or a DVC
+lock file. A stage that fails or is killed records nothing, so it runs again next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = "lock.json"
+
+
+def fingerprint(config_slice: Any, inputs: list[Path] = ()) -> str:
+    """A hash of a stage's config slice and the contents of its input files."""
+    digest = hashlib.sha256(json.dumps(config_slice, sort_keys=True, default=str).encode())
+    for path in sorted(Path(p) for p in inputs):
+        digest.update(str(path).encode())
+        digest.update(file_digest(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, or of every file under a folder (names included)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_lock(run_dir: Path) -> dict:
+    path = run_dir / LOCK_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def is_fresh(run_dir: Path, stage: str, stage_fingerprint: str) -> bool:
+    """True when the stage last succeeded with this fingerprint and its outputs still exist."""
+    entry = read_lock(run_dir).get(stage)
+    if not entry or entry.get("fingerprint") != stage_fingerprint:
+        return False
+    return all((run_dir / output).exists() for output in entry.get("outputs", []))
+
+
+def record_stage(run_dir: Path, stage: str, stage_fingerprint: str, outputs: list[str],
+                 extra: dict | None = None) -> None:
+    """Marks a stage as done; called only after all its outputs were written."""
+    lock = read_lock(run_dir)
+    lock[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs, **(extra or {})}
+    write_json(run_dir / LOCK_FILE, lock)
+
+
+def run_stage(run_dir: Path, stage: str, stage_fingerprint: str, work: Callable[[], list[str]],
+              *, force: bool = False) -> bool:
+    """Runs `work` unless the stage is fresh. `work` returns output paths relative to run_dir.
+
+    Returns:
+        True if the stage ran, False if it was skipped as fresh.
+    """
+    if not force and is_fresh(run_dir, stage, stage_fingerprint):
+        print(f"[{stage}] up to date (inputs unchanged since the last run); skipped. "
+              f"Pass --force to run it again.")
+        return False
+    outputs = work()
+    record_stage(run_dir, stage, stage_fingerprint, outputs)
+    return True
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`, moved into place only if the block succeeds.
+
+    An interrupted write leaves no file that looks complete. Works for files and folders.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    target = temporary / path.name
+    try:
+        yield target
+        if path.is_dir():
+            _remove(path)
+        os.replace(target, path)
+    finally:
+        _remove(temporary)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Writes JSON atomically (temporary file, then rename)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON: {value!r}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
