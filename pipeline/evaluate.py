@@ -1,0 +1,540 @@
+"""Evaluation: classification metrics, the bias/variance diagnosis and terminal tables.
+
+Everything here is a pure function of numpy arrays and plain dicts, so it is cheap to test
+and never imports TensorFlow. Errors are fractions in [0, 1] throughout (0.125 means 12.5%).
+
+The diagnosis follows Andrew Ng's recipe for reading train/dev/test errors:
+
+- avoidable bias = train error - baseline error (human-level or Bayes-error proxy);
+- variance = dev error - train error;
+- dev/test mismatch = test error - dev error.
+
+Example:
+    >>> metrics = {split: classification_metrics(labels[split], probabilities[split], names)
+    ...            for split in ("train", "dev", "test")}
+    >>> diagnosis = diagnose_bias_variance(train_error=metrics["train"]["error"],
+    ...                                    dev_error=metrics["dev"]["error"],
+    ...                                    test_error=metrics["test"]["error"])
+    >>> print(format_metrics_table(metrics, diagnosis=diagnosis))
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "dev", "test")
+TOP_K = 5
+# Gaps are differences of floats: 0.07 - 0.05 is 0.020000000000000004, which must not count
+# as exceeding a 0.02 tolerance.
+_GAP_EPSILON = 1e-9
+
+# Config keys the advice points at; one place, so a renamed key is fixed once. The trade-off
+# steps lower one gap by raising the other, so they are left out when both gaps are high.
+_BIAS_STEPS = (
+    "try a bigger backbone (`model.backbone`)",
+    "unfreeze more layers and train longer (`train.fine_tune_epochs`)",
+)
+_BIAS_TRADE_OFF_STEPS = ("regularise less (lower `model.dropout`, `model.l2`)",)
+_VARIANCE_STEPS = ("get more data or augment harder (`augment.chain: strong`)",)
+_VARIANCE_TRADE_OFF_STEPS = (
+    "regularise more (raise `model.dropout`, `model.l2`)",
+    "stop earlier (`train.early_stopping_patience`)",
+)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def predict_dataset(model: Any, dataset: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """Runs `model` over `dataset` once and returns labels and predictions that line up.
+
+    Calling `model.predict(dataset)` and then iterating the dataset again for the labels
+    silently misaligns them when the dataset shuffles on every pass; this reads both from
+    the same batches.
+
+    Args:
+        model: Anything with `predict_on_batch(images)` (a Keras model).
+        dataset: An iterable of `(images, labels)` or `(images, labels, sample_weights)`
+            batches, e.g. a batched `tf.data.Dataset`.
+
+    Returns:
+        `(labels, probabilities)` as numpy arrays, ready for `classification_metrics`.
+
+    Raises:
+        ValueError: If the dataset yields no batches.
+    """
+    label_batches, probability_batches = [], []
+    for batch in dataset:
+        images, labels = batch[0], batch[1]
+        probability_batches.append(np.asarray(model.predict_on_batch(images)))
+        label_batches.append(np.asarray(labels))
+    if not label_batches:
+        raise ValueError(
+            "The dataset yielded no batches. Expected at least one (images, labels) batch; "
+            "check the split is not empty and is not an exhausted iterator."
+        )
+    return np.concatenate(label_batches), np.concatenate(probability_batches)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """Computes accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    Only the ranking of the scores is used, so logits work as well as probabilities.
+    Conventions for empty denominators (all documented, all 0.0, never NaN):
+
+    - precision of a class that is never predicted is 0.0;
+    - recall of a class absent from `labels` is 0.0 (its support is 0);
+    - F1 is 0.0 when precision + recall is 0.
+
+    `macro_f1` averages F1 over the classes that occur in `labels` or in the predictions
+    (as scikit-learn does by default): a class seen in neither carries no evidence.
+    `top5_accuracy` is present only with more than 5 classes; a tie at the 5th place
+    counts as a hit, as `tf.math.in_top_k` does.
+
+    Args:
+        labels: Integer class ids of shape `(num_examples,)`, or one-hot labels of shape
+            `(num_examples, num_classes)`.
+        probabilities: Scores of shape `(num_examples, num_classes)`.
+        class_names: One name per class, in class-id order.
+
+    Returns:
+        A JSON-serialisable dict with keys `accuracy`, `error`, `top5_accuracy` (more than
+        5 classes only), `num_examples`, `per_class` (`{name: {"precision", "recall", "f1",
+        "support"}}`), `macro_f1` and `confusion_matrix` (rows = true, columns = predicted).
+
+    Raises:
+        ValueError: If shapes disagree, scores are not finite, labels are out of range or
+            class names are duplicated.
+
+    Example:
+        >>> classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]]),
+        ...                        ["cat", "dog"])["accuracy"]
+        0.5
+    """
+    labels, probabilities = _validate_predictions(labels, probabilities, class_names)
+    predictions = probabilities.argmax(axis=1)
+    confusion = confusion_matrix(labels, predictions, num_classes=len(class_names))
+    per_class = per_class_metrics(confusion, class_names)
+    accuracy = float(np.trace(confusion) / len(labels))
+    metrics = {"accuracy": accuracy, "error": 1.0 - accuracy}
+    if len(class_names) > TOP_K:
+        metrics[f"top{TOP_K}_accuracy"] = top_k_accuracy(labels, probabilities, k=TOP_K)
+    observed = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
+    f1_scores = [scores["f1"] for scores in per_class.values()]
+    metrics["num_examples"] = int(len(labels))
+    metrics["per_class"] = per_class
+    metrics["macro_f1"] = float(np.mean(np.asarray(f1_scores)[observed]))
+    metrics["confusion_matrix"] = confusion.tolist()
+    return metrics
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts `(true, predicted)` pairs; rows are true classes, columns predicted ones.
+
+    Args:
+        labels: Integer class ids of shape `(num_examples,)`.
+        predictions: Integer class ids of shape `(num_examples,)`.
+        num_classes: Size of the square matrix.
+
+    Returns:
+        An int64 array of shape `(num_classes, num_classes)`.
+    """
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    return confusion
+
+
+def per_class_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support per class from a confusion matrix.
+
+    Args:
+        confusion: Square count matrix, rows = true classes, columns = predicted classes.
+        class_names: One name per row.
+
+    Returns:
+        `{name: {"precision", "recall", "f1", "support"}}`, with 0.0 for empty denominators.
+    """
+    true_positives = np.diag(confusion).astype(np.float64)
+    precision = _safe_divide(true_positives, confusion.sum(axis=0))
+    recall = _safe_divide(true_positives, confusion.sum(axis=1))
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    support = confusion.sum(axis=1)
+    return {
+        name: {
+            "precision": float(precision[index]),
+            "recall": float(recall[index]),
+            "f1": float(f1[index]),
+            "support": int(support[index]),
+        }
+        for index, name in enumerate(class_names)
+    }
+
+
+def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """Fraction of examples whose true class is among the `k` highest scores.
+
+    Ties are generous: an example is a hit when fewer than `k` classes score strictly
+    higher than its true class (the `tf.math.in_top_k` rule).
+
+    Args:
+        labels: Integer class ids of shape `(num_examples,)`.
+        probabilities: Scores of shape `(num_examples, num_classes)`.
+        k: How many top-scoring classes count as a hit.
+
+    Returns:
+        The top-k accuracy as a float in [0, 1].
+    """
+    true_scores = probabilities[np.arange(len(labels)), labels]
+    classes_ranked_higher = (probabilities > true_scores[:, None]).sum(axis=1)
+    return float(np.mean(classes_ranked_higher < k))
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise division that yields 0.0 where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    result = np.zeros_like(numerator)
+    np.divide(numerator, denominator, out=result, where=np.asarray(denominator) != 0)
+    return result
+
+
+def _validate_predictions(
+    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checks shapes and values; returns integer labels and float scores."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2:
+        raise ValueError(
+            "Expected probabilities of shape (num_examples, num_classes). "
+            f"Received: probabilities.shape={probabilities.shape}. "
+            "Pass the model's output for the whole split, e.g. model.predict(dataset)."
+        )
+    num_examples, num_classes = probabilities.shape
+    if num_classes != len(class_names):
+        raise ValueError(
+            f"Expected {num_classes} class names to match "
+            f"probabilities.shape={probabilities.shape}. "
+            f"Received: {len(class_names)} class names. Pass one name per model output."
+        )
+    if len(set(class_names)) != len(class_names):
+        duplicates = sorted(name for name, count in Counter(class_names).items() if count > 1)
+        raise ValueError(f"Class names must be unique. Received duplicates: {duplicates}.")
+    if num_examples == 0:
+        raise ValueError("Expected at least one example. Received: probabilities.shape=(0, ...).")
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError(
+            "Expected finite probabilities. Received NaN or inf; training probably diverged "
+            "(lower the learning rate) or the input was not normalised."
+        )
+    return _integer_labels(labels, probabilities.shape), probabilities
+
+
+def _integer_labels(labels: np.ndarray, probabilities_shape: tuple[int, int]) -> np.ndarray:
+    """Turns integer or one-hot labels into validated integer class ids."""
+    labels = np.asarray(labels)
+    num_examples, num_classes = probabilities_shape
+    if labels.ndim == 2 and labels.shape == probabilities_shape:
+        labels = labels.argmax(axis=1)
+    if labels.shape != (num_examples,):
+        raise ValueError(
+            f"Expected labels of shape ({num_examples},) or one-hot {probabilities_shape} "
+            f"to match probabilities.shape={probabilities_shape}. "
+            f"Received: labels.shape={labels.shape}. Check both come from the same split."
+        )
+    if not np.all(np.equal(np.mod(labels, 1), 0)):
+        raise ValueError(f"Expected integer class ids. Received: labels.dtype={labels.dtype}.")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"Expected labels in [0, {num_classes - 1}]. "
+            f"Received: min={labels.min()}, max={labels.max()}. "
+            "Check class_names covers every class in the dataset."
+        )
+    return labels
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def diagnose_bias_variance(
+    *,
+    train_error: float,
+    dev_error: float,
+    test_error: float | None = None,
+    baseline_error: float = 0.0,
+    tolerance: float = 0.02,
+) -> dict:
+    """Reads train/dev/test errors the way Andrew Ng's recipe does and advises what to try.
+
+    A gap counts as a problem when it exceeds `tolerance`. Train error should be measured
+    on the training images without augmentation or dropout (`model.evaluate`), otherwise it
+    reads high and hides variance.
+
+    Args:
+        train_error: Error on the training set, a fraction in [0, 1].
+        dev_error: Error on the dev (validation) set.
+        test_error: Error on the test set, if it was evaluated.
+        baseline_error: Human-level or Bayes-error proxy; 0.0 if unknown.
+        tolerance: Largest gap still considered acceptable.
+
+    Returns:
+        A dict with the inputs, `avoidable_bias`, `variance`, `dev_test_gap` (None without a
+        test error), the flags `high_bias`, `high_variance`, `dev_test_mismatch`, a `verdict`
+        in {"high bias", "high variance", "high bias and high variance", "good fit"}, a
+        one-line `summary` and `advice`, a list of next steps naming config keys.
+
+    Raises:
+        ValueError: If an error is outside [0, 1] or the tolerance is negative.
+
+    Example:
+        >>> diagnose_bias_variance(train_error=0.01, dev_error=0.11)["verdict"]
+        'high variance'
+    """
+    errors = {"train_error": train_error, "dev_error": dev_error, "baseline_error": baseline_error}
+    if test_error is not None:
+        errors["test_error"] = test_error
+    _validate_fractions(errors, tolerance)
+    avoidable_bias = train_error - baseline_error
+    variance = dev_error - train_error
+    dev_test_gap = None if test_error is None else test_error - dev_error
+    high_bias = avoidable_bias > tolerance + _GAP_EPSILON
+    high_variance = variance > tolerance + _GAP_EPSILON
+    diagnosis = {
+        "train_error": float(train_error),
+        "dev_error": float(dev_error),
+        "test_error": None if test_error is None else float(test_error),
+        "baseline_error": float(baseline_error),
+        "tolerance": float(tolerance),
+        "avoidable_bias": float(avoidable_bias),
+        "variance": float(variance),
+        "dev_test_gap": None if dev_test_gap is None else float(dev_test_gap),
+        "high_bias": bool(high_bias),
+        "high_variance": bool(high_variance),
+        "dev_test_mismatch": bool(
+            dev_test_gap is not None and dev_test_gap > tolerance + _GAP_EPSILON
+        ),
+        "verdict": _verdict(high_bias, high_variance),
+    }
+    diagnosis["summary"] = _summary(diagnosis)
+    diagnosis["advice"] = _advice(diagnosis)
+    return diagnosis
+
+
+def _validate_fractions(errors: dict[str, float], tolerance: float) -> None:
+    """Raises if any error is not a fraction in [0, 1] or the tolerance is negative."""
+    for name, value in errors.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(
+                f"Expected {name} as a fraction in [0, 1]. Received: {name}={value}. "
+                "Pass fractions, e.g. 0.125 for 12.5%."
+            )
+    if tolerance < 0:
+        raise ValueError(f"Expected tolerance >= 0. Received: tolerance={tolerance}.")
+
+
+def _verdict(high_bias: bool, high_variance: bool) -> str:
+    if high_bias and high_variance:
+        return "high bias and high variance"
+    if high_bias:
+        return "high bias"
+    if high_variance:
+        return "high variance"
+    return "good fit"
+
+
+def _summary(diagnosis: dict) -> str:
+    """One line: the verdict followed by every gap, so the numbers travel with it."""
+    parts = [
+        f"avoidable bias {_percent(diagnosis['avoidable_bias'], signed=True)}",
+        f"variance {_percent(diagnosis['variance'], signed=True)}",
+    ]
+    if diagnosis["dev_test_gap"] is not None:
+        parts.append(f"dev/test gap {_percent(diagnosis['dev_test_gap'], signed=True)}")
+    flag = ", dev/test mismatch" if diagnosis["dev_test_mismatch"] else ""
+    return (
+        f"{diagnosis['verdict']}{flag} ({', '.join(parts)}; "
+        f"tolerance {_percent(diagnosis['tolerance'])})"
+    )
+
+
+def _advice(diagnosis: dict) -> list[str]:
+    """Concrete next steps, each quoting the gap that motivates it."""
+    train, dev = _percent(diagnosis["train_error"]), _percent(diagnosis["dev_error"])
+    baseline = _percent(diagnosis["baseline_error"])
+    high_bias, high_variance = diagnosis["high_bias"], diagnosis["high_variance"]
+    advice = []
+    if high_bias:
+        tag = f"[avoidable bias {_percent(diagnosis['avoidable_bias'], signed=True)}]"
+        steps = _BIAS_STEPS + (() if high_variance else _BIAS_TRADE_OFF_STEPS)
+        advice += [f"{tag} {step}." for step in steps]
+    if high_variance:
+        tag = f"[variance {_percent(diagnosis['variance'], signed=True)}]"
+        steps = _VARIANCE_STEPS + (() if high_bias else _VARIANCE_TRADE_OFF_STEPS)
+        advice += [f"{tag} {step}." for step in steps]
+    if high_bias and high_variance:
+        advice.append(
+            "[both] fix bias first; tune `model.dropout`, `model.l2` and "
+            "`train.early_stopping_patience` once train error nears the baseline, since they "
+            "trade one gap for the other."
+        )
+    if diagnosis["dev_test_mismatch"]:
+        advice.append(
+            f"[dev/test gap {_percent(diagnosis['dev_test_gap'], signed=True)}] the dev set may "
+            "be overfit by repeated tuning (use a bigger dev set) or come from a different "
+            "distribution than test (draw both from the same source)."
+        )
+    if diagnosis["variance"] < -diagnosis["tolerance"] - _GAP_EPSILON:
+        advice.append(
+            f"[variance {_percent(diagnosis['variance'], signed=True)}] dev error {dev} is "
+            f"below train error {train}: measure train error without "
+            "augmentation or dropout, and check the dev set is not easier than train."
+        )
+    if not advice:
+        advice.append(
+            f"[good fit] train {train}, dev {dev}, baseline {baseline}: every gap is within "
+            f"tolerance {_percent(diagnosis['tolerance'])}; to go further, lower the baseline "
+            "(better human-level estimate) or try a bigger backbone (`model.backbone`)."
+        )
+    return advice
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def format_metrics_table(
+    errors_by_split: dict[str, dict],
+    *,
+    diagnosis: dict | None = None,
+    baseline_error: float = 0.0,
+) -> str:
+    """Formats train/dev/test accuracy and error side by side, then verdict and advice.
+
+    Args:
+        errors_by_split: `{split: metrics}` for splits among "train", "dev", "test"; each
+            metrics dict needs "error" or "accuracy" (a `classification_metrics` result works).
+        diagnosis: A `diagnose_bias_variance` result. When omitted and both "train" and
+            "dev" are present, it is computed here with `baseline_error`.
+        baseline_error: Human-level error used when the diagnosis is computed here.
+
+    Returns:
+        A multi-line string for the terminal.
+
+    Raises:
+        ValueError: If a split name is unknown or a split has neither error nor accuracy.
+
+    Example:
+        >>> print(format_metrics_table({"train": {"error": 0.05}, "dev": {"error": 0.12}},
+        ...                            baseline_error=0.04))
+        split   accuracy    error   top-5  examples
+        train     95.00%    5.00%       -         -
+        dev       88.00%   12.00%       -         -
+        <BLANKLINE>
+        verdict: high variance (avoidable bias +1.00%, variance +7.00%; tolerance 2.00%)
+        advice:
+          - [variance +7.00%] get more data or augment harder (`augment.chain: strong`).
+          ...
+    """
+    errors = split_errors(errors_by_split)
+    lines = [f"{'split':<6}{'accuracy':>10}{'error':>9}{'top-5':>8}{'examples':>10}"]
+    for split in errors:
+        metrics = errors_by_split[split]
+        top5 = metrics.get(f"top{TOP_K}_accuracy")
+        examples = metrics.get("num_examples")
+        lines.append(
+            f"{split:<6}{_percent(1.0 - errors[split]):>10}{_percent(errors[split]):>9}"
+            f"{'-' if top5 is None else _percent(top5, digits=1):>8}"
+            f"{'-' if examples is None else examples:>10}"
+        )
+    if diagnosis is None and {"train", "dev"} <= errors.keys():
+        diagnosis = diagnose_bias_variance(
+            train_error=errors["train"],
+            dev_error=errors["dev"],
+            test_error=errors.get("test"),
+            baseline_error=baseline_error,
+        )
+    if diagnosis is not None:
+        lines += ["", f"verdict: {diagnosis['summary']}", "advice:"]
+        lines += [f"  - {step}" for step in diagnosis["advice"]]
+    return "\n".join(lines)
+
+
+def format_per_class_table(metrics: dict) -> str:
+    """Formats precision, recall, F1 and support per class, with a macro-F1 footer.
+
+    Args:
+        metrics: A `classification_metrics` result.
+
+    Returns:
+        A multi-line string for the terminal, one row per class in class-id order.
+
+    Raises:
+        ValueError: If `metrics` has no "per_class" entry.
+    """
+    if "per_class" not in metrics:
+        raise ValueError(
+            "Expected a classification_metrics() result with a 'per_class' entry. "
+            f"Received keys: {sorted(metrics)}."
+        )
+    per_class = metrics["per_class"]
+    width = max(len("class"), *(len(name) for name in per_class))
+    lines = [f"{'class':<{width}}{'precision':>11}{'recall':>9}{'f1':>8}{'support':>9}"]
+    for name, scores in per_class.items():
+        lines.append(
+            f"{name:<{width}}{scores['precision']:>11.3f}{scores['recall']:>9.3f}"
+            f"{scores['f1']:>8.3f}{scores['support']:>9d}"
+        )
+    lines.append(f"{'macro F1':<{width}}{'':>11}{'':>9}{metrics['macro_f1']:>8.3f}")
+    return "\n".join(lines)
+
+
+def split_errors(errors_by_split: dict[str, Any]) -> dict[str, float]:
+    """Extracts one error per split, in train/dev/test order.
+
+    Args:
+        errors_by_split: `{split: error}` or `{split: metrics}`, where a metrics dict has
+            "error" or "accuracy". Split names must be among "train", "dev", "test".
+
+    Returns:
+        `{split: error}` ordered train, dev, test.
+
+    Raises:
+        ValueError: If empty, a split name is unknown or a split carries no error.
+    """
+    unknown = sorted(set(errors_by_split) - set(SPLITS))
+    if unknown or not errors_by_split:
+        raise ValueError(
+            f"Expected split names among {', '.join(SPLITS)}. Received: {sorted(errors_by_split)}. "
+            "Rename 'val'/'validation' to 'dev'."
+        )
+    return {
+        split: _error_of(split, errors_by_split[split])
+        for split in SPLITS
+        if split in errors_by_split
+    }
+
+
+def _error_of(split: str, value: Any) -> float:
+    """The error of one split, from a number or a metrics dict."""
+    if isinstance(value, dict) and "error" in value:
+        return float(value["error"])
+    if isinstance(value, dict) and "accuracy" in value:
+        return 1.0 - float(value["accuracy"])
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise ValueError(
+        f"Expected an error (float) or a metrics dict with 'error' or 'accuracy' for split "
+        f"'{split}'. Received: {value!r}."
+    )
+
+
+def _percent(fraction: float, *, signed: bool = False, digits: int = 2) -> str:
+    sign = "+" if signed else ""
+    return f"{fraction * 100:{sign}.{digits}f}%"
