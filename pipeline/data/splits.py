@@ -1,0 +1,166 @@
+"""Stable, stratified train/dev/test assignment by hashing each example's key.
+
+How an example's split is chosen:
+    Its key (by default the content hash of the file) is hashed with an optional salt to a
+    number u, uniform in [0, 1). With ratios (train, dev, test) the example goes to
+
+        test   if u <  test
+        dev    if u >= 1 - dev
+        train  otherwise
+
+    so its split depends on its own key only:
+
+    * Reruns give the same splits, on any machine, in any order of the inputs.
+    * Adding images never moves an existing image (at fixed ratios).
+    * Identical files share a key, so they always land in the same split: no leakage.
+    * Stratified in expectation: every class is split with the same ratios on average
+      (per class, each example is an independent draw), which for classes of a few hundred
+      images is within a few percent. Exact per-class quotas would have to move old images
+      when new ones arrive, so they are traded for stability. A class with a handful of
+      images may miss a split; the data report warns about it.
+
+    The nested layout (test at the bottom of [0, 1), dev at the top) makes ratio changes
+    gentle too: shrinking dev or test, as `default_split_ratios` does when a dataset grows
+    past a step, only moves some dev/test images into train, never train images into dev
+    or test and never images between dev and test. Pin the ratios in the config
+    (`data.split_ratios`) to freeze the splits entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+SPLIT_NAMES: tuple[str, str, str] = ("train", "dev", "test")
+
+# (smallest dataset size, dev and test fraction each), largest size first.
+# The dev and test sets keep growing in absolute size across every step
+# (4,000 -> 3,000 at 20k, 5,000 at 50k and 100k, 6,250 at 250k, 7,500 at 500k, 10,000 at 1M),
+# while the fraction held out shrinks, as is usual for big datasets.
+_HELD_OUT_STEPS: tuple[tuple[int, float], ...] = (
+    (1_000_000, 0.01),
+    (500_000, 0.015),
+    (250_000, 0.025),
+    (100_000, 0.05),
+    (50_000, 0.10),
+    (20_000, 0.15),
+    (0, 0.20),
+)
+_RATIO_TOLERANCE = 1e-6
+_HASH_BYTES = 8
+
+
+def default_split_ratios(num_examples: int) -> tuple[float, float, float]:
+    """The (train, dev, test) fractions for a dataset of a given size.
+
+    Small datasets need large dev and test fractions to measure anything; big ones need only
+    a few thousand examples each, so the held-out fraction shrinks stepwise with size:
+
+    ==================  ===================
+    examples            train / dev / test
+    ==================  ===================
+    under 20,000        60 / 20 / 20
+    20,000 - 49,999     70 / 15 / 15
+    50,000 - 99,999     80 / 10 / 10
+    100,000 - 249,999   90 / 5 / 5
+    250,000 - 499,999   95 / 2.5 / 2.5
+    500,000 - 999,999   97 / 1.5 / 1.5
+    1,000,000 and more  98 / 1 / 1
+    ==================  ===================
+
+    Steps rather than a smooth curve keep the ratios, and so the splits, fixed while a
+    dataset grows inside a step (see the module docstring for what a step changes).
+
+    Args:
+        num_examples: How many labelled examples the dataset has.
+
+    Returns:
+        (train, dev, test) fractions summing to 1.
+
+    Raises:
+        ValueError: If `num_examples` is negative.
+    """
+    if num_examples < 0:
+        raise ValueError(
+            f"num_examples must be zero or more. Received: num_examples={num_examples}."
+        )
+    held_out = next(fraction for size, fraction in _HELD_OUT_STEPS if num_examples >= size)
+    return (round(1.0 - 2 * held_out, 6), held_out, held_out)
+
+
+def assign_splits(
+    keys: Sequence[str],
+    labels: Sequence[int],
+    ratios: tuple[float, float, float],
+    *,
+    salt: str = "",
+) -> list[str]:
+    """Assigns each example to "train", "dev" or "test" from a hash of its key.
+
+    Args:
+        keys: One stable key per example; the file's content hash is the usual choice, so
+            identical files share a split.
+        labels: One class index per example. Assignment is per key and so stratified in
+            expectation (see the module docstring); labels are checked for length only.
+        ratios: (train, dev, test) fractions, each in [0, 1], summing to 1.
+        salt: Changes every assignment when changed; use it to draw a different split.
+
+    Returns:
+        One of "train", "dev", "test" per key, in the order of `keys`.
+
+    Raises:
+        ValueError: If the lengths differ, a key is not a string, or the ratios are invalid.
+
+    Example:
+        >>> assign_splits(["dog", "cat"], [0, 1], (0.6, 0.2, 0.2))
+        ['train', 'test']
+    """
+    if len(keys) != len(labels):
+        raise ValueError(
+            "keys and labels must have one entry per example. "
+            f"Received: {len(keys)} keys and {len(labels)} labels."
+        )
+    _, dev_ratio, test_ratio = _checked_ratios(ratios)
+    salt_digest = hashlib.blake2b(salt.encode("utf-8"), digest_size=16).digest()
+    return [_split_for(_unit_hash(key, salt_digest), dev_ratio, test_ratio) for key in keys]
+
+
+def _checked_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Validates (train, dev, test) fractions and returns them as floats."""
+    if len(ratios) != 3:
+        raise ValueError(
+            f"ratios must be three fractions (train, dev, test). Received: ratios={ratios}."
+        )
+    values = tuple(float(ratio) for ratio in ratios)
+    if any(not math.isfinite(value) or value < 0 or value > 1 for value in values):
+        raise ValueError(f"Each split ratio must be between 0 and 1. Received: ratios={ratios}.")
+    if abs(sum(values) - 1.0) > _RATIO_TOLERANCE:
+        raise ValueError(
+            f"Split ratios must sum to 1. Received: ratios={ratios} (sum {sum(values):g}). "
+            "Use e.g. (0.6, 0.2, 0.2), or default_split_ratios(num_examples)."
+        )
+    if values[0] <= 0:
+        raise ValueError(f"The train ratio must be above 0. Received: ratios={ratios}.")
+    return values  # type: ignore[return-value]
+
+
+def _unit_hash(key: str, salt_digest: bytes) -> float:
+    """Maps a key to a number uniform in [0, 1), the same on every machine and run."""
+    if not isinstance(key, str):
+        raise ValueError(
+            f"Split keys must be strings (e.g. content hashes). Received: {key!r} "
+            f"of type {type(key).__name__}."
+        )
+    # The salt enters as a fixed-length digest, so no salt/key pair can collide with another.
+    digest = hashlib.blake2b(salt_digest + key.encode("utf-8"), digest_size=_HASH_BYTES).digest()
+    return int.from_bytes(digest, "big") / 2 ** (8 * _HASH_BYTES)
+
+
+def _split_for(unit: float, dev_ratio: float, test_ratio: float) -> str:
+    """The split of one example from its hash value; see the module docstring's layout."""
+    if unit < test_ratio:
+        return "test"
+    if unit >= 1.0 - dev_ratio:
+        return "dev"
+    return "train"

@@ -1,0 +1,181 @@
+"""Shared pytest fixtures.
+
+`image_file_factory` writes real image files, good and bad, under `tmp_path / "images"`
+(generated with Pillow and numpy, never checked-in binaries).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def encode_png(samples: np.ndarray, bit_depth: int, color_type: int) -> bytes:
+    """Encodes a PNG by hand, for bit depths and headers Pillow will not write.
+
+    Args:
+        samples: (height, width, channels) or (height, width) array of unsigned samples.
+        bit_depth: 8 or 16.
+        color_type: 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA.
+
+    Returns:
+        The bytes of a valid PNG file.
+    """
+    height, width = samples.shape[:2]
+    sample_type = ">u2" if bit_depth == 16 else "u1"
+    rows = [b"\x00" + samples[row].astype(sample_type).tobytes() for row in range(height)]
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(b"".join(rows))),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but whose pixel data is a few bytes.
+
+    Decoding it fails, so an error that names the pixel limit proves the limit was checked
+    on the header, before decoding.
+    """
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)),
+            _png_chunk(b"IEND", b""),
+        ]
+    )
+
+
+def _png_chunk(chunk_type: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    crc = zlib.crc32(chunk_type + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + chunk_type + data + struct.pack(">I", crc)
+
+
+def noise_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A random uint8 RGB image (different seeds give different file contents)."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+class ImageFileFactory:
+    """Writes real image files, good and bad, below a root folder.
+
+    Every method takes a path relative to `root` (parents are created) and returns the
+    absolute path of the file written.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _target(self, relative_path: str) -> Path:
+        path = self.root / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_bytes(self, relative_path: str, data: bytes) -> Path:
+        """Writes raw bytes."""
+        path = self._target(relative_path)
+        path.write_bytes(data)
+        return path
+
+    def save(self, relative_path: str, image: Image.Image, image_format: str, **options) -> Path:
+        """Saves a Pillow image in a given format, whatever the file name says."""
+        buffer = io.BytesIO()
+        image.save(buffer, image_format, **options)
+        return self.write_bytes(relative_path, buffer.getvalue())
+
+    def jpeg(self, relative_path: str, size: tuple[int, int] = (24, 16), seed: int = 0) -> Path:
+        """A valid RGB JPEG of (width, height) noise."""
+        pixels = noise_rgb(size[1], size[0], seed)
+        return self.save(relative_path, Image.fromarray(pixels), "JPEG", quality=90)
+
+    def png(self, relative_path: str, pixels: np.ndarray) -> Path:
+        """A valid PNG of the given uint8 pixels (any Pillow-compatible shape)."""
+        return self.save(relative_path, Image.fromarray(pixels), "PNG")
+
+    def png16(self, relative_path: str, samples: np.ndarray, color_type: int) -> Path:
+        """A 16-bit PNG (color_type 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA)."""
+        return self.write_bytes(relative_path, encode_png(samples, 16, color_type))
+
+    def png_header_only(self, relative_path: str, width: int, height: int) -> Path:
+        """A PNG claiming width x height with almost no pixel data (see `png_header_only`)."""
+        return self.write_bytes(relative_path, png_header_only(width, height))
+
+    def truncated_jpeg(self, relative_path: str) -> Path:
+        """A JPEG cut in half: the header is fine, the pixel data ends early."""
+        buffer = io.BytesIO()
+        Image.fromarray(noise_rgb(64, 64, seed=7)).save(buffer, "JPEG", quality=95)
+        data = buffer.getvalue()
+        return self.write_bytes(relative_path, data[: len(data) // 2])
+
+    def text(self, relative_path: str) -> Path:
+        """A text file, whatever its extension."""
+        return self.write_bytes(relative_path, b"This is not an image.\nJust some notes.\n")
+
+    def gif(self, relative_path: str, colors: tuple[tuple[int, int, int], ...]) -> Path:
+        """A GIF with one 8x8 frame per colour (animated when there are several)."""
+        frames = [Image.new("RGB", (8, 8), color) for color in colors]
+        return self.save(
+            relative_path,
+            frames[0],
+            "GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=100,
+            loop=0,
+        )
+
+    def cmyk_jpeg(self, relative_path: str, cmyk: tuple[int, int, int, int]) -> Path:
+        """A CMYK JPEG of a single colour."""
+        return self.save(relative_path, Image.new("CMYK", (16, 16), cmyk), "JPEG", quality=95)
+
+    def exif_rotated_jpeg(self, relative_path: str, pixels: np.ndarray, orientation: int) -> Path:
+        """A JPEG of `pixels` as stored, with an EXIF orientation tag."""
+        exif = Image.Exif()
+        exif[_EXIF_ORIENTATION_TAG] = orientation
+        return self.save(
+            relative_path, Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes()
+        )
+
+    def webp(self, relative_path: str) -> Path:
+        """A real WebP image."""
+        return self.save(relative_path, Image.new("RGB", (8, 8), (0, 128, 255)), "WEBP")
+
+    def tiff(self, relative_path: str) -> Path:
+        """A real TIFF image."""
+        return self.save(relative_path, Image.new("RGB", (8, 8), (0, 128, 255)), "TIFF")
+
+    def heic(self, relative_path: str) -> Path:
+        """The start of a HEIC file (an ISO `ftyp` box with the heic brand)."""
+        ftyp = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
+        return self.write_bytes(relative_path, ftyp + b"\x00" * 64)
+
+    def ds_store(self, relative_path: str = ".DS_Store") -> Path:
+        """A macOS folder metadata file."""
+        return self.write_bytes(relative_path, b"\x00\x00\x00\x01Bud1" + b"\x00" * 64)
+
+    def apple_double(self, relative_path: str) -> Path:
+        """A macOS AppleDouble `._name` resource-fork file."""
+        return self.write_bytes(relative_path, b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"\x00" * 64)
+
+
+@pytest.fixture
+def image_file_factory(tmp_path: Path) -> ImageFileFactory:
+    """Writes real good and bad image files under `tmp_path / "images"`."""
+    root = tmp_path / "images"
+    root.mkdir()
+    return ImageFileFactory(root)
