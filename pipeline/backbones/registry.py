@@ -1,0 +1,322 @@
+"""The backbone registry: name -> how to build it, what it eats, where to fine-tune it.
+
+Every backbone comes out the same shape: a flat functional model named "<name>_base" that takes
+RGB pixels in [0, 255], normalises them with its own `ImagePreprocessing` layer, and returns the
+last 4D feature map. Phase 2 fine-tunes the layers from `unfreeze_from` on: at each backbone
+that is the start of the last resolution stage (the 7x7 or 8x8 blocks at the default size), a
+point where a single tensor crosses, so `split_backbone` can cache what lies below it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import keras
+
+from pipeline.backbones.layers import ImagePreprocessing
+from pipeline.backbones.lite0 import efficientnet_lite0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the pipeline needs to know about one pretrained backbone.
+
+    Attributes:
+        name: registry key.
+        builder: called as `builder(input_tensor=..., weights="imagenet" | None)`; builds the
+            network without its classifier, ending in a 4D feature map.
+        default_image_size: the input size the ImageNet weights were trained at.
+        min_image_size: smallest input the architecture accepts.
+        max_image_size: largest input this pipeline allows.
+        preprocessing: the `ImagePreprocessing` mode: "caffe", "tf", "torch", "lite" or "raw".
+        unfreeze_from: first layer of the top blocks that phase 2 fine-tunes.
+        offline_weights: True when the ImageNet weights need no network.
+    """
+
+    name: str
+    builder: Callable[..., keras.Model]
+    default_image_size: int
+    min_image_size: int
+    max_image_size: int
+    preprocessing: str
+    unfreeze_from: str
+    offline_weights: bool
+
+
+def _keras_application(constructor: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+    return functools.partial(constructor, include_top=False, pooling=None)
+
+
+BACKBONES = {
+    "resnet50": BackboneSpec(
+        name="resnet50",
+        builder=_keras_application(keras.applications.ResNet50),
+        default_image_size=224,
+        min_image_size=32,
+        max_image_size=512,
+        preprocessing="caffe",
+        unfreeze_from="conv5_block1_1_conv",
+        offline_weights=False,
+    ),
+    "resnet50v2": BackboneSpec(
+        name="resnet50v2",
+        builder=_keras_application(keras.applications.ResNet50V2),
+        default_image_size=224,
+        min_image_size=32,
+        max_image_size=512,
+        preprocessing="tf",
+        unfreeze_from="conv5_block1_preact_bn",
+        offline_weights=False,
+    ),
+    "resnet101": BackboneSpec(
+        name="resnet101",
+        builder=_keras_application(keras.applications.ResNet101),
+        default_image_size=224,
+        min_image_size=32,
+        max_image_size=512,
+        preprocessing="caffe",
+        unfreeze_from="conv5_block1_1_conv",
+        offline_weights=False,
+    ),
+    "inception_v3": BackboneSpec(
+        name="inception_v3",
+        builder=_keras_application(keras.applications.InceptionV3),
+        default_image_size=299,
+        min_image_size=75,
+        max_image_size=512,
+        preprocessing="tf",
+        unfreeze_from="conv2d_80",  # the first layer of mixed9
+        offline_weights=False,
+    ),
+    "inception_resnet_v2": BackboneSpec(
+        name="inception_resnet_v2",
+        builder=_keras_application(keras.applications.InceptionResNetV2),
+        default_image_size=299,
+        min_image_size=75,
+        max_image_size=512,
+        preprocessing="tf",
+        unfreeze_from="conv2d_164",  # the first layer of block8_1
+        offline_weights=False,
+    ),
+    "mobilenet_v2": BackboneSpec(
+        name="mobilenet_v2",
+        builder=_keras_application(keras.applications.MobileNetV2),
+        default_image_size=224,
+        min_image_size=32,
+        max_image_size=512,
+        preprocessing="tf",
+        unfreeze_from="block_13_expand",
+        offline_weights=False,
+    ),
+    "efficientnet_b0": BackboneSpec(
+        name="efficientnet_b0",
+        builder=_keras_application(keras.applications.EfficientNetB0),
+        default_image_size=224,
+        min_image_size=32,
+        max_image_size=512,
+        preprocessing="raw",
+        unfreeze_from="block6a_expand_conv",
+        offline_weights=False,
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        name="efficientnet_lite0",
+        builder=functools.partial(efficientnet_lite0, include_top=False),
+        default_image_size=224,
+        min_image_size=32,
+        max_image_size=512,
+        preprocessing="lite",
+        unfreeze_from="block6a_expand_conv",
+        offline_weights=True,
+    ),
+}
+
+
+def list_backbones() -> list[str]:
+    """The registered backbone names, in registry order."""
+    return list(BACKBONES)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """Looks up a backbone by name.
+
+    Raises:
+        ValueError: if `name` is not registered (naming the closest match, if any).
+    """
+    if name not in BACKBONES:
+        close = difflib.get_close_matches(str(name), BACKBONES, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+            f"Unknown backbone '{name}'.{hint} Expected one of: {', '.join(list_backbones())}. "
+            f"Received: name={name!r}"
+        )
+    return BACKBONES[name]
+
+
+def create_backbone(name: str, *, weights: str | PathLike | None = "imagenet",
+                    image_size: int | None = None) -> keras.Model:
+    """Builds a backbone that takes RGB pixels in [0, 255] and returns its last feature map.
+
+    Args:
+        name: a name from `list_backbones()`.
+        weights: "imagenet" (downloaded by Keras; offline for "efficientnet_lite0"),
+            None or "none" (random), or the path of a local weights file (`.weights.h5`).
+        image_size: square input size; None takes the spec's default.
+
+    Returns:
+        A flat functional model named f"{name}_base": input (image_size, image_size, 3)
+        float32 pixels, first layer "preprocessing", output the backbone's 4D feature map.
+
+    Raises:
+        ValueError: for an unknown name or an image size outside the spec's range.
+        FileNotFoundError: if `weights` is a path that does not exist.
+        RuntimeError: if the ImageNet weights cannot be downloaded.
+
+    Example:
+        >>> base = create_backbone("efficientnet_lite0", image_size=224)
+        >>> base.output.shape
+        (None, 7, 7, 1280)
+    """
+    spec = get_backbone_spec(name)
+    size = _checked_image_size(spec, image_size)
+    source = _weights_source(weights)
+    pixels = keras.Input((size, size, 3), dtype="float32", name="pixels")
+    normalized = ImagePreprocessing(spec.preprocessing, name="preprocessing")(pixels)
+    network = _build_network(spec, normalized, "imagenet" if source == "imagenet" else None)
+    base = keras.Model(pixels, network.output, name=f"{name}_base")
+    _renumber_generated_names(base)
+    if isinstance(source, Path):
+        base.load_weights(source)
+    return base
+
+
+def _checked_image_size(spec: BackboneSpec, image_size: int | None) -> int:
+    size = spec.default_image_size if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or not (
+            spec.min_image_size <= size <= spec.max_image_size):
+        raise ValueError(
+            f"Backbone '{spec.name}' takes image sizes from {spec.min_image_size} to "
+            f"{spec.max_image_size}: pick one in that range, or None for the default "
+            f"{spec.default_image_size}. Received: image_size={image_size!r}"
+        )
+    return size
+
+
+def _weights_source(weights: str | PathLike | None) -> str | Path | None:
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file not found: {path}. Expected 'imagenet', None/'none' or an existing "
+            "local weights file (e.g. saved with `base.save_weights('base.weights.h5')`)."
+        )
+    return path
+
+
+def _build_network(spec: BackboneSpec, normalized, weights: str | None) -> keras.Model:
+    """Runs the spec's builder, turning a failed ImageNet download into one clear error."""
+    try:
+        return spec.builder(input_tensor=normalized, weights=weights)
+    except Exception as error:
+        if weights != "imagenet" or not _is_download_failure(error):
+            raise
+        raise RuntimeError(
+            f"Could not download the ImageNet weights of '{spec.name}' ({error}). Fix: connect "
+            "to the network, pass weights=<local .weights.h5 file>, or use the offline "
+            "backbone 'efficientnet_lite0'."
+        ) from error
+
+
+def _is_download_failure(error: Exception) -> bool:
+    # keras.utils.get_file re-raises URLError/HTTPError as a bare Exception("URL fetch failure").
+    return isinstance(error, OSError) or isinstance(error.__context__, OSError) or (
+        "URL fetch failure" in str(error))
+
+
+def _renumber_generated_names(model: keras.Model) -> None:
+    """Gives auto-named layers the names a fresh process would: "conv2d_94" -> "conv2d".
+
+    Keras numbers unnamed layers with a process-wide counter, so the second InceptionV3 built
+    in a process would otherwise have different layer names from the first, and
+    `spec.unfreeze_from` could not name a layer reliably. Creation order is kept.
+    """
+    numbered = defaultdict(list)
+    for layer in model.layers:
+        prefix = _snake_case(type(layer).__name__)
+        match = re.fullmatch(rf"{re.escape(prefix)}(?:_(\d+))?", layer.name)
+        if match:
+            numbered[prefix].append((int(match.group(1) or 0), layer))
+    for prefix, layers in numbered.items():
+        for index, (_, layer) in enumerate(sorted(layers, key=lambda item: item[0])):
+            layer.name = prefix if index == 0 else f"{prefix}_{index}"
+
+
+def _snake_case(class_name: str) -> str:
+    """Keras's default layer name for a class: "BatchNormalization" -> "batch_normalization"."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def freeze_backbone(base: keras.Model, spec: BackboneSpec, *, unfreeze_top: bool) -> None:
+    """Sets which layers of a base train; BatchNorm never does.
+
+    Args:
+        base: a model from `create_backbone(spec.name)`.
+        spec: its spec.
+        unfreeze_top: False freezes everything (phase 1). True makes the layers from
+            `spec.unfreeze_from` to the output trainable (phase 2), except BatchNormalization,
+            which stays frozen and therefore in inference mode (Keras 3 runs a frozen
+            BatchNormalization with its moving statistics even when `training=True`).
+
+    Raises:
+        ValueError: if `base` has no layer named `spec.unfreeze_from`.
+
+    Recompile any model that contains `base` after calling this.
+    """
+    first_top = _layer_index(base, spec.unfreeze_from)
+    base.trainable = unfreeze_top
+    if not unfreeze_top:
+        return
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= first_top and not isinstance(
+            layer, keras.layers.BatchNormalization)
+
+
+def split_backbone(base: keras.Model, spec: BackboneSpec) -> tuple[keras.Model, keras.Model]:
+    """Cuts a base where its top blocks begin, sharing the layers (and weights) with it.
+
+    Args:
+        base: a model from `create_backbone(spec.name)`.
+        spec: its spec.
+
+    Returns:
+        (bottom, top): bottom maps pixels to the input of `spec.unfreeze_from`, top maps that
+        tensor to the base's output, so `top(bottom(x))` equals `base(x)`. Phase 2 caches
+        bottom's output once and fine-tunes only top.
+
+    Raises:
+        ValueError: if `base` has no layer named `spec.unfreeze_from`.
+    """
+    cut = base.layers[_layer_index(base, spec.unfreeze_from)].input
+    bottom = keras.Model(base.input, cut, name=f"{base.name}_bottom")
+    top = keras.Model(cut, base.output, name=f"{base.name}_top")
+    return bottom, top
+
+
+def _layer_index(base: keras.Model, name: str) -> int:
+    for index, layer in enumerate(base.layers):
+        if layer.name == name:
+            return index
+    raise ValueError(
+        f"Model '{base.name}' has no layer '{name}'. Build it with `create_backbone` from the "
+        f"same spec. Received: unfreeze_from={name!r}"
+    )
