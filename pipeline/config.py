@@ -1,7 +1,7 @@
 """Typed experiment configuration: one frozen dataclass per stage, loaded from YAML.
 
 A config file is a short YAML document whose top-level keys are the stage sections below
-(`data`, `augment`, `model`, `train`, `export`) plus `name` and `runs_dir`. Anything not given
+(`data`, `augment`, `model`, `train`, `evaluate`, `export`) plus `name` and `runs_dir`. Anything not given
 takes the dataclass default. Command-line overrides are `section.key=value` pairs whose
 values are parsed as YAML and type-checked like the file.
 
@@ -107,7 +107,6 @@ class TrainConfig:
         decay_rate: exponential learning-rate decay per epoch in both phases.
         early_stopping_patience: epochs without dev-loss improvement before stopping.
         class_weight: "none" or "balanced" (weights inversely proportional to class counts).
-        train_error_examples: training examples used to measure train error (0 = all).
         seed: seeds augmentation, shuffling and weight initialisation.
     """
 
@@ -120,8 +119,21 @@ class TrainConfig:
     decay_rate: float = 0.8
     early_stopping_patience: int = 3
     class_weight: str = "none"
-    train_error_examples: int = 5000
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Held-out evaluation and the bias/variance diagnosis.
+
+    Attributes:
+        baseline_error: the error you consider unavoidable (human-level or Bayes error proxy);
+            avoidable bias is measured against it.
+        train_error_examples: training examples used to measure train error (0 = all).
+    """
+
+    baseline_error: float = 0.0
+    train_error_examples: int = 5000
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
@@ -161,7 +174,7 @@ CHOICES = {
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
 }
-FRACTIONS = {"model.dropout", "train.decay_rate"}
+FRACTIONS = {"model.dropout", "train.decay_rate", "evaluate.baseline_error"}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -313,7 +326,7 @@ def _type_error(key: str, value: Any, kind: Any) -> ConfigError:
 
 def _validate(config: ExperimentConfig) -> None:
     flat = {}
-    for section in ("data", "augment", "model", "train", "export"):
+    for section in ("data", "augment", "model", "train", "evaluate", "export"):
         for name, value in dataclasses.asdict(getattr(config, section)).items():
             flat[f"{section}.{name}"] = value
     for key, allowed in CHOICES.items():
@@ -330,9 +343,25 @@ def _validate(config: ExperimentConfig) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
     _validate_ratios(config.data.split_ratios)
+    _validate_names(config)
     if not config.name or "/" in config.name:
         raise ConfigError(f"Config key 'name' must be a plain folder name. "
                           f"Received: {config.name!r}.")
+
+
+def _validate_names(config: ExperimentConfig) -> None:
+    """Augmentation chains and backbone names are checked now, not an hour into a run."""
+    from pipeline.augment import resolve_chain
+    from pipeline.backbones import get_backbone_spec
+
+    try:
+        resolve_chain(config.augment.chain)
+    except ValueError as error:
+        raise ConfigError(f"Config key 'augment.chain': {error}") from None
+    try:
+        get_backbone_spec(config.model.backbone)
+    except ValueError as error:
+        raise ConfigError(f"Config key 'model.backbone': {error}") from None
 
 
 def _validate_ratios(ratios: tuple[float, ...]) -> None:

@@ -84,3 +84,13 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("name", ["default", "flowers", "folder"])
 def test_shipped_configs_load(name):
     assert load_config(f"configs/{name}.yaml").name == name
+
+
+def test_augmentation_chain_is_checked_when_the_config_loads():
+    with pytest.raises(ConfigError, match="augment.chain.*HorizontalFlip"):
+        load_config(None, ["augment.chain=[{name: HorizontalFlp, p: 0.5}]"])
+
+
+def test_unknown_backbone_is_checked_when_the_config_loads():
+    with pytest.raises(ConfigError, match="model.backbone.*resnet50"):
+        load_config(None, ["model.backbone=resnet5"])

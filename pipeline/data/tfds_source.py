@@ -46,26 +46,25 @@ def load_tfds(name: str, data_dir: Path, image_size: int) -> dict:
             f"It needs a network connection the first time; offline, use the default job "
             f"(configs/default.yaml) or your own folder: make train DATA=path/to/images."
         ) from None
-    label_feature = builder.info.features.get("label") if builder.info.supervised_keys else None
+    keys = builder.info.supervised_keys
+    label_feature = builder.info.features[keys[1]] if keys else None
     if label_feature is None or not hasattr(label_feature, "names"):
         raise DatasetUnavailableError(f"tfds dataset '{name}' has no class labels "
                                       f"(supervised_keys); it cannot train a classifier.")
     splits = {}
-    for split in builder.info.splits:
+    for split in list(builder.info.splits) or ["train"]:
         dataset = builder.as_dataset(split=split, as_supervised=True)
-        splits[split] = _to_arrays(tfds.as_numpy(dataset), image_size, f"{name}[{split}]",
-                                   builder.info.splits[split].num_examples)
+        splits[split] = _to_arrays(tfds.as_numpy(dataset), image_size, f"{name}[{split}]")
     return {"class_names": tuple(label_feature.names), "splits": splits}
 
 
-def _to_arrays(examples, image_size: int, description: str, total: int):
-    images = np.empty((total, image_size, image_size, 3), dtype=np.uint8)
-    labels = np.empty(total, dtype=np.int32)
-    count = 0
-    for image, label in tqdm(examples, total=total, desc=f"Decoding {description}", unit="img"):
+def _to_arrays(examples, image_size: int, description: str):
+    images, labels = [], []
+    for image, label in tqdm(examples, desc=f"Decoding {description}", unit="img"):
         if image.ndim == 2 or image.shape[-1] == 1:
             image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
-        images[count] = resize_square(image[..., :3].astype(np.uint8), image_size)
-        labels[count] = label
-        count += 1
-    return images[:count], labels[:count]
+        images.append(resize_square(image[..., :3].astype(np.uint8), image_size))
+        labels.append(label)
+    shape = (0, image_size, image_size, 3)
+    return (np.stack(images) if images else np.empty(shape, np.uint8),
+            np.array(labels, dtype=np.int32))

@@ -1,0 +1,175 @@
+"""Two-phase transfer learning.
+
+Phase 1 (`train_head`): the pretrained base is frozen, its features are cached for K augmented
+views of each training image, and a new softmax head is trained on the cache.
+Phase 2 (`fine_tune`): the top blocks of the base (where the backbone spec says) are unfrozen,
+BatchNorm layers stay frozen in inference mode, and top blocks + head are fine-tuned with a
+lower learning rate, again on cached inputs: the layers below the top blocks are still frozen.
+
+Both phases use Adam with an exponential learning-rate decay, stop early when the dev loss stops
+improving (keeping the best weights), and keep a backup that a killed run resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline.augment import (
+    BatchAugmenter,
+    build_eval_transform,
+    build_train_transform,
+    fit_color_pca,
+    resolve_chain,
+)
+from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
+from pipeline.config import ExperimentConfig, TrainConfig
+from pipeline.data.prepare import PreparedData
+from pipeline.features import FeatureCache, extract_features, make_forward
+from pipeline.inputs import CachedViews
+from pipeline.model import adam_with_decay, assemble_classifier, build_head
+from pipeline.stages import atomic_path, write_json
+
+
+def model_image_size(config: ExperimentConfig) -> int:
+    """The model's input size: the config's, or the backbone spec's default."""
+    return config.model.image_size or get_backbone_spec(config.model.backbone).default_image_size
+
+
+def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
+    """Runs both phases and saves `run_dir/model.keras`.
+
+    Returns:
+        {"history": per-epoch metrics of both phases, "timings": seconds per step,
+         "phase_boundaries": epochs at which phase 2 began}
+    """
+    keras.utils.set_random_seed(config.train.seed)
+    spec = get_backbone_spec(config.model.backbone)
+    image_size = model_image_size(config)
+    base = create_backbone(spec.name, weights=config.model.weights, image_size=image_size)
+    freeze_backbone(base, spec, unfreeze_top=False)
+    bottom, top = split_backbone(base, spec)
+    timings = {}
+
+    # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
+    started = time.perf_counter()
+    train_cache, dev_cache = _extract(config, data, run_dir, bottom, top, image_size)
+    timings["extract_features_s"] = time.perf_counter() - started
+    train_labels, dev_labels = data.labels("train"), data.labels("dev")
+
+    head = build_head(len(data.class_names), train_cache.pooled.shape[-1], config.model)
+    started = time.perf_counter()
+    history = train_head(head, train_cache.pooled, train_labels, dev_cache.pooled, dev_labels,
+                         config.train, run_dir / "backup" / "phase1")
+    timings["phase1_head_s"] = time.perf_counter() - started
+    boundaries = [len(history.get("loss", []))]
+
+    if config.train.fine_tune_epochs:
+        freeze_backbone(base, spec, unfreeze_top=True)
+        started = time.perf_counter()
+        history2 = fine_tune(top, head, train_cache.activations, train_labels,
+                             dev_cache.activations, dev_labels, config.train,
+                             run_dir / "backup" / "phase2")
+        timings["phase2_fine_tune_s"] = time.perf_counter() - started
+        for key, values in history2.items():
+            history.setdefault(key, []).extend(values)
+
+    freeze_backbone(base, spec, unfreeze_top=False)
+    model = assemble_classifier(base, head, data.class_names)
+    with atomic_path(run_dir / "model.keras") as path:
+        model.save(path)
+    result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
+              "image_size": image_size}
+    write_json(run_dir / "train_history.json", result)
+    return result
+
+
+def _extract(config, data: PreparedData, run_dir: Path, bottom, top, image_size: int):
+    color_pca = None
+    if any(step["name"] == "PCAColorShift" for step in resolve_chain(config.augment.chain)):
+        # AlexNet's colour shift follows the principal components of the training pixels.
+        color_pca = fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
+        color_pca.save(run_dir / "color_pca.json")
+    train_transform = build_train_transform(config.augment.chain, image_size, color_pca=color_pca)
+    train_augmenter = BatchAugmenter(train_transform, seed=config.train.seed)
+    eval_augmenter = BatchAugmenter(build_eval_transform(image_size), seed=config.train.seed)
+    forward = make_forward(bottom, top)
+    keep = config.train.fine_tune_epochs > 0
+    batch = config.train.batch_size
+    train_cache = extract_features(forward, data.images("train"), train_augmenter,
+                                   views=config.train.cached_views, batch_size=batch,
+                                   keep_activations=keep,
+                                   description=f"Features of {config.train.cached_views} "
+                                               f"augmented views (train)")
+    dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
+                                 batch_size=batch, keep_activations=keep,
+                                 description="Features (dev)")
+    return train_cache, dev_cache
+
+
+def train_head(head: keras.Model, train_features: np.ndarray, train_labels: np.ndarray,
+               dev_features: np.ndarray, dev_labels: np.ndarray, config: TrainConfig,
+               backup_dir: Path) -> dict:
+    """Phase 1: trains the new head on cached pooled features (K views, one drawn per epoch)."""
+    return _fit(head, train_features, train_labels, dev_features, dev_labels, config,
+                learning_rate=config.head_learning_rate, epochs=config.head_epochs,
+                backup_dir=backup_dir, phase="phase 1 (head on cached features)")
+
+
+def fine_tune(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
+              train_labels: np.ndarray, dev_activations: np.ndarray, dev_labels: np.ndarray,
+              config: TrainConfig, backup_dir: Path) -> dict:
+    """Phase 2: fine-tunes the unfrozen top blocks and the head on cached block inputs."""
+    inputs = keras.Input(train_activations.shape[2:])
+    features = top(inputs, training=False)  # BatchNorm stays in inference mode
+    outputs = head(keras.layers.GlobalAveragePooling2D()(features))
+    model = keras.Model(inputs, outputs, name="top_blocks_and_head")
+    return _fit(model, train_activations, train_labels, dev_activations, dev_labels, config,
+                learning_rate=config.fine_tune_learning_rate, epochs=config.fine_tune_epochs,
+                backup_dir=backup_dir, phase="phase 2 (fine-tune top blocks)")
+
+
+def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
+         dev_views: np.ndarray, dev_labels: np.ndarray, config: TrainConfig, *,
+         learning_rate: float, epochs: int, backup_dir: Path, phase: str) -> dict:
+    """Compiles (after every change of `trainable`) and fits with early stopping and backup."""
+    train_data = CachedViews(train_views, train_labels, config.batch_size, seed=config.seed)
+    dev_data = CachedViews(dev_views, dev_labels, config.batch_size * 4, seed=config.seed,
+                           shuffle=False)
+    model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+    ]
+    print(f"Training {phase}: {model.count_params():,} parameters, "
+          f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
+    history = model.fit(train_data, validation_data=dev_data, epochs=epochs,
+                        callbacks=callbacks, class_weight=class_weights(train_labels, config),
+                        verbose=1 if sys.stdout.isatty() else 2)
+    return {key: [float(value) for value in values] for key, values in history.history.items()}
+
+
+def class_weights(labels: np.ndarray, config: TrainConfig) -> dict[int, float] | None:
+    """'balanced' weights each class by N / (num_classes * count), as scikit-learn does."""
+    if config.class_weight == "none":
+        return None
+    counts = np.bincount(labels)
+    present = counts > 0
+    weights = np.zeros(len(counts))
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def load_history(run_dir: Path) -> dict:
+    return json.loads((run_dir / "train_history.json").read_text())
+
+
+__all__ = ["train", "train_head", "fine_tune", "class_weights", "model_image_size",
+           "FeatureCache", "load_history"]

@@ -1,0 +1,85 @@
+"""The whole pipeline, end to end, on a tiny fake Fashion-MNIST and a tiny untrained backbone."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.model import read_class_names
+from pipeline.run import STAGES, run_stages
+from pipeline.stages import read_lock
+from tests.test_fashion_mnist import make_fake_fashion
+
+TINY = ["model.weights=none", "model.image_size=32", "train.batch_size=16",
+        "train.head_epochs=2", "train.fine_tune_epochs=1", "train.cached_views=2",
+        "augment.chain=light", "augment.preview_images=2", "augment.preview_views=2"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    (tmp_path / "idx").mkdir()
+    make_fake_fashion(tmp_path / "idx", train=60, test=20)
+    return load_config("configs/default.yaml", [
+        *TINY, f"data.path={tmp_path / 'idx'}", f"runs_dir={tmp_path / 'runs'}",
+        f"export.models_dir={tmp_path / 'models'}", "name=tiny"])
+
+
+def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
+    run_stages(tiny_config)
+    run_dir = tiny_config.run_dir
+    for name in ("config.yaml", "lock.json", "data/dataset.json", "data/data_report.json",
+                 "augment_preview.png", "model.keras", "metrics.json", "report.md",
+                 "training_curves.png", "confusion_matrix.png"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("train", "dev", "test"):
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+    assert metrics["test"]["num_examples"] == 20  # the official test split, untouched
+    export_dir = tmp_path / "models" / "tiny"
+    labels = (export_dir / "labels.txt").read_text().splitlines()
+    assert labels[0] == "T-shirt/top" and len(labels) == 10
+    exported = keras.models.load_model(export_dir / "model.keras")
+    assert read_class_names(exported) == labels
+    assert exported.input_shape[1:] == (32, 32, 3)
+    output = capsys.readouterr().out
+    assert f"Run folder: {run_dir}" in output and "Exported model:" in output
+    assert set(read_lock(run_dir)) == set(STAGES)
+
+
+def test_fresh_stages_are_skipped_and_changed_ones_rerun(tiny_config, capsys):
+    run_stages(tiny_config, ("data",))
+    before = (tiny_config.run_dir / "data" / "train_labels.npy").stat().st_mtime_ns
+    capsys.readouterr()
+    run_stages(tiny_config, ("data",))
+    assert "[data] up to date" in capsys.readouterr().out
+    assert (tiny_config.run_dir / "data" / "train_labels.npy").stat().st_mtime_ns == before
+
+
+def test_stage_out_of_order_is_a_clear_error(tiny_config, capsys):
+    argv = ["evaluate", "--config", "configs/default.yaml", *TINY,
+            f"data.path={tiny_config.data.path}", f"runs_dir={tiny_config.runs_dir}"]
+    assert main(argv) == 2
+    assert "needs the 'train' stage" in capsys.readouterr().err
+
+
+def test_cli_reports_config_errors_without_traceback(capsys):
+    assert main(["data", "train.head_epoch=1"]) == 2
+    error = capsys.readouterr().err
+    assert "Unknown config key 'train.head_epoch'" in error and "Traceback" not in error
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["data", f"data.path={tmp_path}", f"runs_dir={tmp_path / 'runs'}"]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_split_keeps_official_test_and_divides_train(tiny_config):
+    run_stages(tiny_config, ("data",))
+    counts = json.loads((tiny_config.run_dir / "data" / "dataset.json").read_text())["counts"]
+    assert counts["test"] == 20
+    assert counts["train"] + counts["dev"] == 60 and counts["dev"] > 0
+    labels = np.load(tiny_config.run_dir / "data" / "train_labels.npy")
+    assert labels.dtype == np.int32
