@@ -1,9 +1,9 @@
 """Typed experiment configuration: one frozen dataclass per stage, loaded from YAML.
 
 A config file is a short YAML document whose top-level keys are the stage sections below
-(`data`, `augment`, `model`, `train`, `evaluate`, `export`) plus `name` and `runs_dir`. Anything not given
-takes the dataclass default. Command-line overrides are `section.key=value` pairs whose
-values are parsed as YAML and type-checked like the file.
+(`data`, `augment`, `model`, `train`, `evaluate`, `export`) plus `name` and `runs_dir`.
+Anything not given takes the dataclass default. Command-line overrides are `section.key=value`
+pairs whose values are parsed as YAML and type-checked like the file.
 
     config = load_config("configs/default.yaml", ["train.head_epochs=3", "model.dropout=0.3"])
 

@@ -95,17 +95,14 @@ def _data(config: ExperimentConfig, run_dir: Path) -> list[str]:
 
 
 def _preview(config: ExperimentConfig, run_dir: Path) -> list[str]:
-    from pipeline.augment import build_train_transform, fit_color_pca, resolve_chain, write_preview
+    from pipeline.augment import build_train_transform, write_preview
     from pipeline.data.prepare import load_prepared
-    from pipeline.train import model_image_size
+    from pipeline.train import color_pca_for, model_image_size
 
     data = load_prepared(run_dir / "data")
     images, labels = data.images("train"), data.labels("train")
-    color_pca = None
-    if any(step["name"] == "PCAColorShift" for step in resolve_chain(config.augment.chain)):
-        color_pca = fit_color_pca(np.asarray(images), seed=config.train.seed)
     transform = build_train_transform(config.augment.chain, model_image_size(config),
-                                      color_pca=color_pca)
+                                      color_pca=color_pca_for(config, data))
     count = min(config.augment.preview_images, len(labels))
     chosen = np.random.default_rng(config.train.seed).choice(len(labels), count, replace=False)
     path = write_preview(np.asarray(images[np.sort(chosen)]), labels[np.sort(chosen)],

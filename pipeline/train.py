@@ -89,11 +89,17 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     return result
 
 
+def color_pca_for(config: ExperimentConfig, data: PreparedData):
+    """AlexNet's PCA colour shift follows the principal components of the training pixels;
+    fitted only when the chain uses `PCAColorShift`."""
+    if not any(step["name"] == "PCAColorShift" for step in resolve_chain(config.augment.chain)):
+        return None
+    return fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
+
+
 def _extract(config, data: PreparedData, run_dir: Path, bottom, top, image_size: int):
-    color_pca = None
-    if any(step["name"] == "PCAColorShift" for step in resolve_chain(config.augment.chain)):
-        # AlexNet's colour shift follows the principal components of the training pixels.
-        color_pca = fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
+    color_pca = color_pca_for(config, data)
+    if color_pca is not None:
         color_pca.save(run_dir / "color_pca.json")
     train_transform = build_train_transform(config.augment.chain, image_size, color_pca=color_pca)
     train_augmenter = BatchAugmenter(train_transform, seed=config.train.seed)
