@@ -1,0 +1,73 @@
+"""Smoke tests of the cached-features benchmark: tiny images, random weights, few epochs.
+
+They check that each function runs the real pipeline end to end and returns the documented
+numbers; speed itself is measured by `make bench`, never asserted here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.bench_features import bench_cached_head, bench_time_to_accuracy
+
+RATIOS = ("cached_head_epoch_speedup", "phase1_speedup_over_epochs",
+          "extraction_vs_raw_forward")
+
+
+def _is_positive_number(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_bench_cached_head_returns_positive_ratios_and_rates():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 40, 40, 3), dtype=np.uint8)
+    labels = np.arange(10) % 2
+
+    result = bench_cached_head(images, labels, weights="none", image_size=32, views=2,
+                               epochs_for_ratio=3, timed_epochs=1, repeats=1, chain="light")
+
+    for key in (*RATIOS, "end_to_end_epoch_images_per_s", "cached_head_epoch_images_per_s",
+                "extraction_images_per_s", "raw_forward_images_per_s", "extraction_s"):
+        assert _is_positive_number(result[key]), (key, result[key])
+    assert (result["phase1_epochs"], result["views"], result["images"]) == (3, 2, 10)
+    assert result["image_size"] == 32
+
+
+def test_bench_time_to_accuracy_on_a_tiny_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for index in range(30):
+        folder = tmp_path / ("daisy", "rose")[index % 2]
+        folder.mkdir(exist_ok=True)
+        pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
+
+    result = bench_time_to_accuracy(tmp_path, image_size=32, weights="none",
+                                    keras_guide_epochs=2)
+
+    for key in ("time_to_accuracy_speedup_vs_keras_guide", "ours_time_to_target_s",
+                "keras_guide_time_to_target_s", "ours_total_s", "keras_guide_total_s"):
+        assert _is_positive_number(result[key]), (key, result[key])
+    assert math.isfinite(result["test_accuracy_minus_keras_guide"])
+    assert -100 <= result["test_accuracy_minus_keras_guide"] <= 100
+    assert result["keras_guide_epochs"] == 2
+    assert result["train_images"] + result["dev_images"] + result["test_images"] == 30
+
+
+def test_bench_time_to_accuracy_skips_without_the_dataset(tmp_path, monkeypatch):
+    missing = tmp_path / "flowers128"
+    monkeypatch.setattr("bench.bench_features.FLOWERS", missing)
+
+    assert bench_time_to_accuracy() == {"skipped": f"no flowers128 folder at {missing}"}
+
+
+def test_bench_time_to_accuracy_rejects_an_empty_split(tmp_path):
+    for index, name in enumerate(("daisy", "rose")):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.full((8, 8, 3), index * 99, np.uint8)).save(tmp_path / name / "a.jpg")
+
+    with pytest.raises(ValueError, match="split of .* is empty"):
+        bench_time_to_accuracy(tmp_path, image_size=32, weights="none")
