@@ -50,7 +50,12 @@ from pipeline.backbones import (  # noqa: E402
 from pipeline.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from pipeline.data.prepare import load_prepared, prepare_data  # noqa: E402
 from pipeline.features import extract_features, make_forward  # noqa: E402
-from pipeline.inputs import AugmentedImages, CachedViews, augmented_batches  # noqa: E402
+from pipeline.inputs import (  # noqa: E402
+    AugmentedImages,
+    CachedViews,
+    augmented_batches,
+    pad_batch,
+)
 from pipeline.model import adam_with_decay, assemble_classifier, build_head  # noqa: E402
 from pipeline.train import train_head  # noqa: E402
 
@@ -218,7 +223,7 @@ def _time_extraction(base: keras.Model, spec, images: np.ndarray, augmenter: Bat
     bottom, top = split_backbone(base, spec)
     forward = make_forward(bottom, top)
     raw_forward = tf.function(lambda batch: base(batch, training=False))
-    premade = [tf.constant(_padded(batch, batch_size))
+    premade = [tf.cast(pad_batch(batch, batch_size), tf.float32)
                for batch in augmented_batches(images, augmenter, batch_size)]
     started = time.perf_counter()
     forward(premade[0])
@@ -240,12 +245,6 @@ def _time_extraction(base: keras.Model, spec, images: np.ndarray, augmenter: Bat
         timings["augment_s"].append(time.perf_counter() - started)
     return {name: min(values) for name, values in timings.items()} | {
         "trace_s": trace_s, "pooled": cache.pooled}
-
-
-def _padded(batch: np.ndarray, batch_size: int) -> np.ndarray:
-    padded = np.zeros((batch_size, *batch.shape[1:]), "float32")
-    padded[:len(batch)] = batch
-    return padded
 
 
 def _train_augmenter(images: np.ndarray, chain: str | list[dict], image_size: int,

@@ -12,7 +12,14 @@ def _input_pipeline() -> dict:
 def _cached_features() -> dict:
     from bench.bench_features import FLOWERS, bench_cached_head, bench_time_to_accuracy
 
-    return {**bench_cached_head(*_throughput_images()), **bench_time_to_accuracy(FLOWERS)}
+    images, labels = _throughput_images()
+    results = bench_cached_head(images, labels)
+    # Phase 1 with K augmented views costs K forward passes up front, so its speedup over E
+    # epochs is at most about E / K; plain caching (K=1, no augmentation on either side) is the
+    # case the "0.8 x E" goal can be met in.
+    plain = bench_cached_head(images, labels, views=1, chain="none", repeats=1)
+    results["phase1_speedup_over_epochs_plain_cache"] = plain["phase1_speedup_over_epochs"]
+    return {**results, **bench_time_to_accuracy(FLOWERS)}
 
 
 def _throughput_images():

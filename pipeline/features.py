@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from pipeline.inputs import augmented_batches
+from pipeline.inputs import augmented_batches, pad_batch
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ def make_forward(bottom: keras.Model, top: keras.Model):
 
     @tf.function
     def forward(images):
-        activations = bottom(images, training=False)
+        # uint8 batches cross into the graph (a quarter of float32's bytes) and are cast here
+        activations = bottom(tf.cast(images, tf.float32), training=False)
         return activations, pool(top(activations, training=False))
 
     return forward
@@ -58,8 +59,8 @@ def extract_features(forward, images: np.ndarray, augmenter, *, views: int, batc
         augmenter: a `BatchAugmenter`; view k uses its epoch k, so views differ and repeat
             exactly with the same seed.
         views: K, the number of augmented views per image.
-        batch_size: images per forward call; the last batch is padded so the graph is traced
-            once.
+        batch_size: images per forward call; a short last batch is padded so the graph is
+            traced once.
         keep_activations: also keep the top-block input activations (for phase 2).
         description: progress bar label.
 
@@ -74,9 +75,7 @@ def extract_features(forward, images: np.ndarray, augmenter, *, views: int, batc
             stream = augmented_batches(images, augmenter, batch_size, epoch=view)
             for index, batch in enumerate(stream):
                 size = len(batch)
-                padded = np.zeros((batch_size, *batch.shape[1:]), "float32")
-                padded[:size] = batch
-                batch_activations, batch_pooled = forward(tf.constant(padded))
+                batch_activations, batch_pooled = forward(tf.constant(pad_batch(batch, batch_size)))
                 if pooled is None:
                     pooled = np.empty((views, count, batch_pooled.shape[-1]), np.float16)
                     if keep_activations:

@@ -39,6 +39,15 @@ def augmented_batches(images: np.ndarray, augmenter, batch_size: int, *,
     return prefetched(produce, count)
 
 
+def pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """A short (last) batch padded with zero images to `batch_size`, so a compiled forward pass
+    sees one shape and is traced once; full batches are returned as they are, uncopied."""
+    if len(batch) >= batch_size:
+        return batch
+    padding = np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)
+    return np.concatenate([batch, padding])
+
+
 class AugmentedImages(keras.utils.PyDataset):
     """Shuffled, augmented (image, label) batches for end-to-end `model.fit`.
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pipeline.augment import BatchAugmenter, build_eval_transform
 from pipeline.data.images import ImageDecodeError, load_image, resize_square
-from pipeline.inputs import augmented_batches
+from pipeline.inputs import augmented_batches, pad_batch
 from pipeline.model import read_class_names
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
@@ -34,9 +34,8 @@ def predict_array(model: keras.Model, images: np.ndarray, *, batch_size: int = 1
     outputs = []
     with tqdm(total=len(images), desc=description, unit="img", leave=False) as progress:
         for batch in augmented_batches(images, augmenter, batch_size):
-            padded = np.zeros((batch_size, *batch.shape[1:]), "float32")
-            padded[:len(batch)] = batch
-            outputs.append(forward(tf.constant(padded)).numpy()[:len(batch)])
+            padded = tf.cast(pad_batch(batch, batch_size), tf.float32)
+            outputs.append(forward(padded).numpy()[:len(batch)])
             progress.update(len(batch))
     if not outputs:
         return np.zeros((0, model.output_shape[-1]), "float32")

@@ -1,0 +1,81 @@
+"""Cached features: what `extract_features` stores must equal running the frozen base directly."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.augment import BatchAugmenter, build_eval_transform, build_train_transform
+from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
+from pipeline.features import extract_features, make_forward
+from pipeline.inputs import augmented_batches, pad_batch
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    # real ImageNet weights (offline): a random-init Lite0 outputs near-constant features
+    spec = get_backbone_spec("efficientnet_lite0")
+    base = create_backbone(spec.name, weights="imagenet", image_size=SIZE)
+    freeze_backbone(base, spec, unfreeze_top=False)
+    return base, make_forward(*split_backbone(base, spec))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (11, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_pad_batch_pads_short_batches_with_zero_images_and_keeps_full_ones():
+    batch = np.full((3, 2, 2, 3), 7, np.uint8)
+    padded = pad_batch(batch, 5)
+    assert padded.shape == (5, 2, 2, 3) and padded.dtype == np.uint8
+    np.testing.assert_array_equal(padded[:3], batch)
+    assert not padded[3:].any()
+    assert pad_batch(batch, 3) is batch
+
+
+def test_one_eval_view_matches_the_base_run_directly(lite0, images):
+    base, forward = lite0
+    augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
+    # 11 images in batches of 4: the last batch is padded, which must not leak into results
+    cache = extract_features(forward, images, augmenter, views=1, batch_size=4,
+                             keep_activations=True, description="test")
+    expected = base(images.astype("float32"), training=False).numpy().mean(axis=(1, 2))
+    assert cache.pooled.shape == (1, 11, 1280) and cache.pooled.dtype == np.float16
+    assert expected.std(axis=0).max() > 0.1  # the images give different features
+    np.testing.assert_allclose(cache.pooled[0], expected, rtol=1e-2, atol=1e-2)
+    assert cache.activations.shape[:2] == (1, 11)
+
+
+def test_features_do_not_depend_on_the_batch_size(lite0, images):
+    _, forward = lite0
+    augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
+    by_three = extract_features(forward, images, augmenter, views=1, batch_size=3,
+                                keep_activations=False, description="test")
+    by_eleven = extract_features(forward, images, augmenter, views=1, batch_size=11,
+                                 keep_activations=False, description="test")
+    assert by_three.activations is None
+    np.testing.assert_allclose(by_three.pooled.astype("float32"),
+                               by_eleven.pooled.astype("float32"), atol=1e-2)
+
+
+def test_each_view_is_the_augmented_epoch_it_stands_for(lite0, images):
+    base, forward = lite0
+    augmenter = BatchAugmenter(build_train_transform("light", SIZE), seed=3)
+    cache = extract_features(forward, images, augmenter, views=2, batch_size=4,
+                             keep_activations=False, description="test")
+    for view in range(2):
+        augmented = np.concatenate(list(augmented_batches(images, augmenter, 4, epoch=view)))
+        expected = base(tf.constant(augmented, tf.float32), training=False).numpy()
+        np.testing.assert_allclose(cache.pooled[view], expected.mean(axis=(1, 2)),
+                                   rtol=1e-2, atol=1e-2)
+    assert np.abs(cache.pooled[0].astype("float32") - cache.pooled[1]).max() > 1e-2
+
+
+def test_extracting_nothing_is_an_error(lite0):
+    _, forward = lite0
+    augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
+    with pytest.raises(ValueError, match="No images"):
+        extract_features(forward, np.zeros((0, SIZE, SIZE, 3), np.uint8), augmenter, views=1,
+                         batch_size=4, keep_activations=False, description="empty")
