@@ -105,7 +105,11 @@ class TrainConfig:
         fine_tune_epochs: phase 2 epochs (top blocks unfrozen); 0 skips phase 2.
         fine_tune_learning_rate: phase 2 Adam initial learning rate.
         decay_rate: exponential learning-rate decay per epoch in both phases.
-        early_stopping_patience: epochs without dev-loss improvement before stopping.
+        early_stopping_patience: epochs without improvement of the monitored dev metric
+            before stopping; the best epoch's weights are kept.
+        early_stopping_monitor: "val_loss" (dev cross-entropy, the smoother signal) or
+            "val_accuracy" (what you report; on small dev sets the lowest-loss epoch can be
+            1-3 points less accurate than the most accurate one).
         class_weight: "none" or "balanced" (weights inversely proportional to class counts).
         seed: seeds augmentation, shuffling and weight initialisation.
     """
@@ -118,6 +122,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4
     decay_rate: float = 0.8
     early_stopping_patience: int = 3
+    early_stopping_monitor: str = "val_loss"
     class_weight: str = "none"
     seed: int = 0
 
@@ -170,6 +175,7 @@ CHOICES = {
     "data.split_by": ("content", "path"),
     "data.on_bad_file": ("skip", "error"),
     "train.class_weight": ("none", "balanced"),
+    "train.early_stopping_monitor": ("val_loss", "val_accuracy"),
 }
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",

@@ -6,8 +6,9 @@ Phase 2 (`fine_tune`): the top blocks of the base (where the backbone spec says)
 BatchNorm layers stay frozen in inference mode, and top blocks + head are fine-tuned with a
 lower learning rate, again on cached inputs: the layers below the top blocks are still frozen.
 
-Both phases use Adam with an exponential learning-rate decay, stop early when the dev loss stops
-improving (keeping the best weights), and keep a backup that a killed run resumes from.
+Both phases use Adam with an exponential learning-rate decay, stop early when the dev loss (or
+the dev accuracy, if configured) stops improving, keeping the best weights, and keep a backup
+that a killed run resumes from.
 """
 
 from __future__ import annotations
@@ -150,7 +151,10 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
     model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
+        keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
+                                      mode="min" if config.early_stopping_monitor == "val_loss"
+                                      else "max",
+                                      patience=config.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.BackupAndRestore(str(backup_dir)),
     ]

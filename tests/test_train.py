@@ -1,0 +1,52 @@
+"""Phase-1 training on cached features: early stopping keeps the best epoch of the chosen metric."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, ModelConfig, TrainConfig, load_config
+from pipeline.model import build_head
+from pipeline.train import class_weights, train_head
+
+
+def _noisy_features(count: int, seed: int):
+    """Two classes that overlap a lot, so dev loss and dev accuracy peak at different epochs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count)
+    features = rng.normal(0, 1, (count, 8)) + labels[:, None] * 0.4
+    return features.astype("float16")[None], labels
+
+
+@pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy"])
+def test_the_kept_weights_are_those_of_the_best_epoch_of_the_monitored_metric(monitor, tmp_path):
+    keras.utils.set_random_seed(0)
+    train_features, train_labels = _noisy_features(256, seed=1)
+    dev_features, dev_labels = _noisy_features(96, seed=2)
+    config = dataclasses.replace(TrainConfig(), batch_size=16, head_epochs=8,
+                                 head_learning_rate=0.05, decay_rate=1.0,
+                                 early_stopping_patience=8, early_stopping_monitor=monitor)
+    head = build_head(2, 8, ModelConfig(dropout=0.0))
+    history = train_head(head, train_features, train_labels, dev_features, dev_labels, config,
+                         tmp_path / "backup")
+    probabilities = head.predict(dev_features[0].astype("float32"), verbose=0)
+    accuracy = float((probabilities.argmax(1) == dev_labels).mean())
+    loss = float(-np.log(probabilities[np.arange(len(dev_labels)), dev_labels]).mean())
+    if monitor == "val_accuracy":
+        assert accuracy == pytest.approx(max(history["val_accuracy"]), abs=1e-6)
+    else:
+        assert loss == pytest.approx(min(history["val_loss"]), rel=1e-3)
+    assert len(history["loss"]) == 8
+
+
+def test_an_unknown_monitor_is_a_config_error_naming_the_choices():
+    with pytest.raises(ConfigError, match="val_loss.*val_accuracy"):
+        load_config(None, ["train.early_stopping_monitor=accuracy"])
+
+
+def test_balanced_class_weights_follow_the_inverse_counts():
+    config = dataclasses.replace(TrainConfig(), class_weight="balanced")
+    weights = class_weights(np.array([0, 0, 0, 1]), config)
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert class_weights(np.array([0, 1]), TrainConfig()) is None
