@@ -84,24 +84,33 @@ class CachedViews(keras.utils.PyDataset):
     """Batches drawn from cached features of K augmented views per example.
 
     Each epoch shuffles the examples and draws one of the K views of each, so the model sees
-    augmentation without re-running the frozen network.
+    augmentation without re-running the frozen network. With `mixup_alpha` each example is
+    blended with another one of its batch, inputs and one-hot labels alike (mixup, Zhang et al.
+    2018), which works on cached features as well as on pixels.
 
     Args:
         views: array of shape (K, N, ...) with K cached views of N examples.
         labels: (N,) integer labels.
         batch_size: examples per batch.
-        seed: shuffling and view choice; the same seed gives the same batches.
-        shuffle: False yields view 0 of every example in order (for dev data).
+        seed: shuffling, view choice and mixing; the same seed gives the same batches.
+        shuffle: False yields view 0 of every example in order (for dev data), never mixed.
+        num_classes: when given, labels come one-hot (float32), as categorical cross-entropy
+            and mixup need; otherwise as the integers given.
+        mixup_alpha: 0 for none; else the blend weight is drawn from Beta(alpha, alpha) and
+            folded to at least 0.5, so every example stays the larger part of its own blend.
     """
 
     def __init__(self, views: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int,
-                 shuffle: bool = True):
+                 shuffle: bool = True, num_classes: int | None = None, mixup_alpha: float = 0.0):
         super().__init__()
         if views.shape[1] != len(labels):
             raise ValueError(f"Cached views hold {views.shape[1]} examples but {len(labels)} "
                              f"labels were given.")
+        if mixup_alpha and num_classes is None:
+            raise ValueError("mixup blends labels, so it needs one-hot labels: pass num_classes.")
         self.views, self.labels = views, labels
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.num_classes, self.mixup_alpha = num_classes, mixup_alpha
         self.epoch = 0
         self._draw()
 
@@ -110,7 +119,22 @@ class CachedViews(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         indices = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.views[self.view_of[indices], indices].astype("float32"), self.labels[indices]
+        inputs = self.views[self.view_of[indices], indices].astype("float32")
+        if self.num_classes is None:
+            return inputs, self.labels[indices]
+        targets = np.eye(self.num_classes, dtype="float32")[self.labels[indices]]
+        if self.mixup_alpha and self.shuffle:
+            inputs, targets = self._mix(inputs, targets, index)
+        return inputs, targets
+
+    def _mix(self, inputs: np.ndarray, targets: np.ndarray, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        weight = rng.beta(self.mixup_alpha, self.mixup_alpha, len(inputs)).astype("float32")
+        weight = np.maximum(weight, 1 - weight)
+        partner = rng.permutation(len(inputs))
+        blend = weight.reshape((-1,) + (1,) * (inputs.ndim - 1))
+        return (blend * inputs + (1 - blend) * inputs[partner],
+                weight[:, None] * targets + (1 - weight[:, None]) * targets[partner])
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

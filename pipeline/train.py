@@ -145,11 +145,13 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
          dev_views: np.ndarray, dev_labels: np.ndarray, config: TrainConfig, *,
          learning_rate: float, epochs: int, backup_dir: Path, phase: str) -> dict:
     """Compiles (after every change of `trainable`) and fits with early stopping and backup."""
-    train_data = CachedViews(train_views, train_labels, config.batch_size, seed=config.seed)
+    num_classes = model.output_shape[-1]
+    train_data = CachedViews(train_views, train_labels, config.batch_size, seed=config.seed,
+                             num_classes=num_classes, mixup_alpha=config.mixup_alpha)
     dev_data = CachedViews(dev_views, dev_labels, config.batch_size * 4, seed=config.seed,
-                           shuffle=False)
+                           shuffle=False, num_classes=num_classes)
     model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="categorical_crossentropy", metrics=["accuracy"])
     callbacks = [
         keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
                                       mode="min" if config.early_stopping_monitor == "val_loss"

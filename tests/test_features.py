@@ -7,7 +7,7 @@ import tensorflow as tf
 from pipeline.augment import BatchAugmenter, build_eval_transform, build_train_transform
 from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
 from pipeline.features import extract_features, make_forward
-from pipeline.inputs import augmented_batches, pad_batch
+from pipeline.inputs import CachedViews, augmented_batches, pad_batch
 
 SIZE = 32
 
@@ -79,3 +79,52 @@ def test_extracting_nothing_is_an_error(lite0):
     with pytest.raises(ValueError, match="No images"):
         extract_features(forward, np.zeros((0, SIZE, SIZE, 3), np.uint8), augmenter, views=1,
                          batch_size=4, keep_activations=False, description="empty")
+
+
+# ----------------------------------------------------------------------------------------------
+# CachedViews: the batches phase 1 and phase 2 train on
+
+
+def _views(count: int = 10, views: int = 3):
+    """View k of example i holds the value 100 * k + i everywhere, so a batch shows its origin."""
+    values = 100 * np.arange(views)[:, None] + np.arange(count)[None, :]
+    return np.broadcast_to(values[:, :, None], (views, count, 4)).astype(np.float16)
+
+
+def test_each_epoch_shows_every_example_once_in_one_of_its_views():
+    data = CachedViews(_views(), np.arange(10) % 2, 4, seed=0)
+    for _ in range(2):
+        inputs = np.concatenate([data[index][0] for index in range(len(data))])
+        examples, views = inputs[:, 0] % 100, inputs[:, 0] // 100
+        assert sorted(examples) == list(range(10)) and set(views) <= {0, 1, 2}
+        data.on_epoch_end()
+
+
+def test_one_hot_labels_and_an_unshuffled_dev_set_are_never_mixed():
+    labels = np.arange(10) % 3
+    dev = CachedViews(_views(), labels, 4, seed=0, shuffle=False, num_classes=3,
+                      mixup_alpha=0.4)
+    inputs, targets = dev[0]
+    np.testing.assert_array_equal(inputs[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(targets, np.eye(3)[labels[:4]])
+
+
+def test_mixup_blends_inputs_and_labels_alike_with_the_example_as_the_larger_part():
+    labels = np.arange(10)  # example i holds the value i and has class i: blends are readable
+    data = CachedViews(_views(views=1), labels, 10, seed=0, num_classes=10, mixup_alpha=0.4)
+    inputs, targets = data[0]
+    own = data.order[:10]
+    weights = targets[np.arange(10), own]
+    assert np.all(weights >= 0.5 - 1e-6) and np.allclose(targets.sum(axis=1), 1)
+    blended = weights < 1
+    assert blended.sum() >= 5
+    partner = np.where(blended, (targets - np.eye(10)[own] * weights[:, None]).argmax(1), own)
+    np.testing.assert_allclose(inputs[:, 0], weights * own + (1 - weights) * partner, atol=1e-4)
+    again, _ = CachedViews(_views(views=1), labels, 10, seed=0, num_classes=10,
+                           mixup_alpha=0.4)[0]
+    np.testing.assert_array_equal(inputs, again)  # reproducible
+
+
+def test_mixup_without_one_hot_labels_is_refused():
+    with pytest.raises(ValueError, match="num_classes"):
+        CachedViews(_views(), np.zeros(10, int), 4, seed=0, mixup_alpha=0.2)

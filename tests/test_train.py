@@ -50,3 +50,16 @@ def test_balanced_class_weights_follow_the_inverse_counts():
     weights = class_weights(np.array([0, 0, 0, 1]), config)
     assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
     assert class_weights(np.array([0, 1]), TrainConfig()) is None
+
+
+def test_a_head_trained_with_mixup_still_learns_separable_classes(tmp_path):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    features = (np.eye(3)[labels] * 3 + rng.normal(0, 0.5, (300, 3))).astype("float16")
+    config = dataclasses.replace(TrainConfig(), batch_size=32, head_epochs=6,
+                                 head_learning_rate=0.05, mixup_alpha=0.4)
+    head = build_head(3, 3, ModelConfig(dropout=0.0))
+    history = train_head(head, features[None, :200], labels[:200], features[None, 200:],
+                         labels[200:], config, tmp_path / "backup")
+    assert max(history["val_accuracy"]) > 0.95
