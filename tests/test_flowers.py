@@ -24,16 +24,17 @@ CLASS_NAMES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 PHOTOS = 4317
 DUPLICATE_GROUPS = 6
 LABEL_CONFLICTS = 4  # each a pair of copies, so 8 photos are left out
-MIN_TEST_ACCURACY = 0.80
+MIN_MEAN_TEST_ACCURACY = 0.80  # over SEEDS: one run's test accuracy varies by +-1.5 points
+SEEDS = (0, 1, 2)
 
 
-def flowers_config(tmp_path: Path):
+def flowers_config(tmp_path: Path, *overrides: str):
     """configs/folder.yaml on flowers128, writing runs and models under `tmp_path`."""
     if not FLOWERS.is_dir():
         pytest.skip(f"flowers128 not found at {FLOWERS} (it lives beside the project)")
     return load_config(FOLDER_CONFIG, [
         f"data.path={FLOWERS}", "name=flowers128", f"runs_dir={tmp_path / 'runs'}",
-        f"export.models_dir={tmp_path / 'models'}"])
+        f"export.models_dir={tmp_path / 'models'}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +76,17 @@ def test_classes_and_split_counts_add_up_to_the_usable_photos(data_report):
 
 @pytest.mark.slow
 def test_folder_recipe_reaches_its_accuracy_and_exports(tmp_path):
-    config = flowers_config(tmp_path)
-    run_stages(config)
-    export_dir = tmp_path / "models" / "flowers128"
-    assert (export_dir / "model.keras").is_file()
-    assert (export_dir / "labels.txt").read_text().splitlines() == CLASS_NAMES
-    assert read_class_names(keras.models.load_model(export_dir / "model.keras")) == CLASS_NAMES
-    metrics = json.loads((config.run_dir / "metrics.json").read_text())
-    accuracy = {split: round(metrics[split]["accuracy"], 3) for split in ("train", "dev", "test")}
-    assert metrics["test"]["accuracy"] >= MIN_TEST_ACCURACY, accuracy
+    """The whole recipe, once per training seed (same splits: they come from content hashes)."""
+    accuracies = {}
+    for seed in SEEDS:
+        name = f"flowers128_seed{seed}"
+        config = flowers_config(tmp_path, f"name={name}", f"train.seed={seed}")
+        run_stages(config)
+        export_dir = tmp_path / "models" / name
+        assert (export_dir / "labels.txt").read_text().splitlines() == CLASS_NAMES
+        assert read_class_names(keras.models.load_model(export_dir / "model.keras")) == CLASS_NAMES
+        metrics = json.loads((config.run_dir / "metrics.json").read_text())
+        accuracies[seed] = {split: round(metrics[split]["accuracy"], 4)
+                            for split in ("train", "dev", "test")}
+    mean_test = sum(run["test"] for run in accuracies.values()) / len(SEEDS)
+    assert mean_test >= MIN_MEAN_TEST_ACCURACY, accuracies
