@@ -30,12 +30,11 @@ def predict_array(model: keras.Model, images: np.ndarray, *, batch_size: int = 1
     """
     image_size = model.input_shape[1]
     augmenter = BatchAugmenter(build_eval_transform(image_size), seed=0)
-    forward = tf.function(lambda batch: model(batch, training=False))
+    forward = tf.function(lambda batch: model(tf.cast(batch, tf.float32), training=False))
     outputs = []
     with tqdm(total=len(images), desc=description, unit="img", leave=False) as progress:
         for batch in augmented_batches(images, augmenter, batch_size):
-            padded = tf.cast(pad_batch(batch, batch_size), tf.float32)
-            outputs.append(forward(padded).numpy()[:len(batch)])
+            outputs.append(forward(pad_batch(batch, batch_size)).numpy()[:len(batch)])
             progress.update(len(batch))
     if not outputs:
         return np.zeros((0, model.output_shape[-1]), "float32")

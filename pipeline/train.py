@@ -153,9 +153,8 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
     model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     callbacks = [
+        # mode "auto" reads the direction off the metric: down for loss, up for accuracy
         keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
-                                      mode="min" if config.early_stopping_monitor == "val_loss"
-                                      else "max",
                                       patience=config.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.BackupAndRestore(str(backup_dir)),
