@@ -131,12 +131,14 @@ def bench_cached_head(
     * Cached head epoch: the head fitted over `CachedViews` of the extracted features, with the
       same optimizer, loss and batch size; `epochs_for_ratio` epochs, the fastest one counts.
     * Extraction: `extract_features` of `views` augmented views (`keep_activations=True`, as
-      when phase 2 runs) against a bare `tf.function` of the base over the same number of
-      pre-augmented float32 batches of the same batch size; both are traced first, then run
-      interleaved `repeats` times (the best of each counts) so both see the same machine load.
-      The extraction's tracing is reported apart as `forward_trace_s`.
+      when phase 2 runs) on the engine the product picks for the backbone (the spec's
+      `extraction_engine`), and on TensorFlow for comparison, against a bare `tf.function` of
+      the base over the same number of pre-augmented float32 batches of the same batch size;
+      all are set up first, then run interleaved `repeats` times (the best of each counts) so
+      they see the same machine load. The setup (tracing; for LiteRT also the conversion and
+      its check against TensorFlow) is reported apart as `forward_setup_s`.
     * Phase 1: E end-to-end epochs (the first, which traces, as measured; the other E - 1 at
-      the timed epoch's speed) against the forward pass's tracing + extraction of K views +
+      the timed epoch's speed) against the forward pass's setup + extraction of K views +
       the whole `fit` of E cached epochs (its tracing included).
 
     Batch size, default views and augmentation chain are the product's defaults (`TrainConfig`,
@@ -189,7 +191,7 @@ def bench_cached_head(
 
     end_to_end_s, cached_s = min(end_to_end_clock.durations[1:]), min(cached_clock.durations)
     phase1_end_to_end_s = end_to_end_clock.durations[0] + (epochs_for_ratio - 1) * end_to_end_s
-    phase1_cached_s = extraction["trace_s"] + extraction["extraction_s"] + cached_fit_s
+    phase1_cached_s = extraction["setup_s"] + extraction["extraction_s"] + cached_fit_s
     count = len(images)
     return {
         "cached_head_epoch_speedup": end_to_end_s / cached_s,
@@ -199,6 +201,9 @@ def bench_cached_head(
         "phase1_cached_s": phase1_cached_s,
         "extraction_vs_raw_forward": extraction["raw_forward_s"] * views
         / extraction["extraction_s"],
+        "extraction_vs_raw_forward_tensorflow_engine": extraction["raw_forward_s"] * views
+        / extraction["extraction_tensorflow_s"],
+        "extraction_engine": extraction["engine"],
         "end_to_end_epoch_images_per_s": count / end_to_end_s,
         "cached_head_epoch_images_per_s": count / cached_s,
         "extraction_images_per_s": views * count / extraction["extraction_s"],
@@ -209,7 +214,8 @@ def bench_cached_head(
         "cached_head_epoch_s": cached_s,
         "cached_head_fit_s": cached_fit_s,
         "extraction_s": extraction["extraction_s"],
-        "forward_trace_s": extraction["trace_s"],
+        "extraction_tensorflow_engine_s": extraction["extraction_tensorflow_s"],
+        "forward_setup_s": extraction["setup_s"],
         "views": views,
         "images": count,
         "image_size": image_size,
@@ -219,32 +225,41 @@ def bench_cached_head(
 
 def _time_extraction(base: keras.Model, spec, images: np.ndarray, augmenter: BatchAugmenter,
                      views: int, batch_size: int, repeats: int) -> dict:
-    """Best-of-`repeats` seconds of extraction (K views), raw forward and augmentation (1 view)."""
+    """Best-of-`repeats` seconds of extraction (K views) on the spec's engine and on TensorFlow,
+    of the raw forward and of augmentation (1 view)."""
     bottom, top = split_backbone(base, spec)
-    forward = make_forward(bottom, top)
-    raw_forward = tf.function(lambda batch: base(batch, training=False))
-    premade = [tf.cast(pad_batch(batch, batch_size), tf.float32)
+    premade = [pad_batch(batch, batch_size)
                for batch in augmented_batches(images, augmenter, batch_size)]
     started = time.perf_counter()
+    forward = make_forward(bottom, top, batch_size=batch_size, engine=spec.extraction_engine)
     forward(premade[0])
-    trace_s = time.perf_counter() - started
+    setup_s = time.perf_counter() - started
+    forwards = {"extraction_s": forward,
+                "extraction_tensorflow_s": make_forward(bottom, top, batch_size=batch_size)}
+    forwards["extraction_tensorflow_s"](premade[0])
+    premade = [tf.cast(batch, tf.float32) for batch in premade]
+    raw_forward = tf.function(lambda batch: base(batch, training=False))
     raw_forward(premade[0])
-    timings: dict[str, list[float]] = {"extraction_s": [], "raw_forward_s": [], "augment_s": []}
+    timings: dict[str, list[float]] = {name: [] for name in (*forwards, "raw_forward_s",
+                                                             "augment_s")}
     for _ in range(repeats):
         started = time.perf_counter()
         for batch in premade:
             raw_forward(batch)
         timings["raw_forward_s"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        cache = extract_features(forward, images, augmenter, views=views, batch_size=batch_size,
-                                 keep_activations=True, description="Extraction (timed)")
-        timings["extraction_s"].append(time.perf_counter() - started)
+        for name, each in forwards.items():
+            started = time.perf_counter()
+            cache = extract_features(each, images, augmenter, views=views, keep_activations=True,
+                                     description=f"Extraction on {each.engine} (timed)")
+            timings[name].append(time.perf_counter() - started)
+            if each is forward:
+                pooled = cache.pooled  # what phase 1 trains on
         started = time.perf_counter()
         for _ in augmented_batches(images, augmenter, batch_size):
             pass
         timings["augment_s"].append(time.perf_counter() - started)
     return {name: min(values) for name, values in timings.items()} | {
-        "trace_s": trace_s, "pooled": cache.pooled}
+        "setup_s": setup_s, "pooled": pooled, "engine": forward.engine}
 
 
 def _train_augmenter(images: np.ndarray, chain: str | list[dict], image_size: int,
@@ -391,12 +406,13 @@ def _run_ours(data: dict, image_size: int, config: TrainConfig, weights: str) ->
     spec = get_backbone_spec("efficientnet_lite0")
     base = create_backbone(spec.name, weights=weights, image_size=image_size)
     freeze_backbone(base, spec, unfreeze_top=False)
-    forward = make_forward(*split_backbone(base, spec))
     augmenter = _train_augmenter(train_images, MATCHED_CHAIN, image_size, config.seed)
     evaluation = BatchAugmenter(build_eval_transform(image_size), seed=config.seed)
-    extract = {"batch_size": config.batch_size, "keep_activations": False}
+    extract = {"keep_activations": False}
 
-    clock = EpochClock()
+    clock = EpochClock()  # the engine's setup (LiteRT: conversion and its check) counts
+    forward = make_forward(*split_backbone(base, spec), batch_size=config.batch_size,
+                           engine=spec.extraction_engine)
     train_cache = extract_features(forward, train_images, augmenter, views=config.cached_views,
                                    description="Features (train)", **extract)
     dev_cache = extract_features(forward, dev_images, evaluation, views=1,

@@ -113,6 +113,9 @@ class TrainConfig:
         class_weight: "none" or "balanced" (weights inversely proportional to class counts).
         mixup_alpha: mixup on the cached inputs of both phases (0 = off; 0.2-0.4 is usual):
             a regulariser for when train accuracy runs far ahead of dev accuracy.
+        extraction_engine: what runs the frozen base while features are cached: "auto" (the
+            backbone spec's faster one), "litert" or "tensorflow"; results agree to float32
+            round-off.
         seed: seeds augmentation, shuffling and weight initialisation.
     """
 
@@ -127,6 +130,7 @@ class TrainConfig:
     early_stopping_monitor: str = "val_loss"
     class_weight: str = "none"
     mixup_alpha: float = 0.0
+    extraction_engine: str = "auto"
     seed: int = 0
 
 
@@ -179,6 +183,7 @@ CHOICES = {
     "data.on_bad_file": ("skip", "error"),
     "train.class_weight": ("none", "balanced"),
     "train.early_stopping_monitor": ("val_loss", "val_accuracy"),
+    "train.extraction_engine": ("auto", "litert", "tensorflow"),
 }
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",

@@ -7,11 +7,15 @@ epoch. Caching K augmented views keeps augmentation: each epoch draws one view p
 The same pass also caches the activations where the top blocks begin (the backbone spec's
 `unfreeze_from`): phase 2 fine-tunes only those blocks, and the layers below them are frozen
 too, so their output can be cached just the same.
+
+The pass runs in batches of one fixed size (a short last batch is padded), on TensorFlow or, for
+the backbones where it is faster, on LiteRT (`pipeline.litert`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -20,6 +24,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline.inputs import augmented_batches, pad_batch
+from pipeline.litert import LiteRTModel, convert
+
+ENGINES = ("tensorflow", "litert")
 
 
 @dataclass(frozen=True)
@@ -36,20 +43,80 @@ class FeatureCache:
     activations: np.ndarray | None
 
 
-def make_forward(bottom: keras.Model, top: keras.Model):
-    """A compiled forward pass returning (top-block input activations, pooled features)."""
+@dataclass(frozen=True)
+class Forward:
+    """The frozen base's forward pass over uint8 batches of exactly `batch_size` images.
+
+    Called with a NumPy batch, it returns NumPy (top-block input activations, pooled features).
+
+    Attributes:
+        engine: "tensorflow" or "litert", the engine that actually runs it.
+        batch_size: the one batch size it accepts (pad a short last batch).
+        run: the callable behind it.
+    """
+
+    engine: str
+    batch_size: int
+    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.run(batch)
+
+
+def make_forward(bottom: keras.Model, top: keras.Model, *, batch_size: int,
+                 engine: str = "tensorflow") -> Forward:
+    """Compiles the frozen base's forward pass, returning (top-block input, pooled features).
+
+    Args:
+        bottom, top: from `split_backbone`.
+        batch_size: images per call.
+        engine: "tensorflow" (a `tf.function`) or "litert" (the same graph converted to LiteRT
+            and run by its XNNPACK kernels). LiteRT is checked against TensorFlow on one batch
+            first; when it is not installed, cannot convert the model or disagrees, the pass
+            falls back to TensorFlow and says why.
+
+    Returns:
+        A `Forward`; its `engine` says which engine runs it.
+    """
     pool = keras.layers.GlobalAveragePooling2D()
 
     @tf.function
-    def forward(images):
+    def function(images):
         # uint8 batches cross into the graph (a quarter of float32's bytes) and are cast here
         activations = bottom(tf.cast(images, tf.float32), training=False)
         return activations, pool(top(activations, training=False))
 
-    return forward
+    def run_tensorflow(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        activations, pooled = function(tf.constant(batch))
+        return activations.numpy(), pooled.numpy()
+
+    if engine == "tensorflow":
+        return Forward("tensorflow", batch_size, run_tensorflow)
+    if engine != "litert":
+        raise ValueError(f"Unknown engine '{engine}'. Expected one of: {', '.join(ENGINES)}. "
+                         f"Received: engine={engine!r}")
+    input_spec = tf.TensorSpec((batch_size, *bottom.input.shape[1:]), tf.uint8)
+    try:
+        model = LiteRTModel(convert(function, input_spec))
+        _check_agreement(model, run_tensorflow, input_spec)
+    except Exception as error:  # noqa: BLE001  (any failure here only costs speed)
+        print(f"LiteRT cannot run this backbone ({type(error).__name__}: {error}); "
+              f"running it with TensorFlow instead (slower, same results).")
+        return Forward("tensorflow", batch_size, run_tensorflow)
+    return Forward("litert", batch_size, model)
 
 
-def extract_features(forward, images: np.ndarray, augmenter, *, views: int, batch_size: int,
+def _check_agreement(model: LiteRTModel, run_tensorflow, input_spec: tf.TensorSpec) -> None:
+    """Both engines must give the same outputs (to float32 round-off) on one random batch."""
+    batch = np.random.default_rng(0).integers(0, 256, input_spec.shape, dtype=np.uint8)
+    for name, ours, reference in zip(("activations", "pooled features"), model(batch),
+                                     run_tensorflow(batch), strict=True):
+        scale = max(1.0, float(np.abs(reference).max()))
+        if ours.shape != reference.shape or np.abs(ours - reference).max() > 1e-3 * scale:
+            raise ValueError(f"the converted model's {name} differ from TensorFlow's")
+
+
+def extract_features(forward: Forward, images: np.ndarray, augmenter, *, views: int,
                      keep_activations: bool, description: str) -> FeatureCache:
     """Runs the frozen base over `views` augmented passes of `images`.
 
@@ -59,15 +126,13 @@ def extract_features(forward, images: np.ndarray, augmenter, *, views: int, batc
         augmenter: a `BatchAugmenter`; view k uses its epoch k, so views differ and repeat
             exactly with the same seed.
         views: K, the number of augmented views per image.
-        batch_size: images per forward call; a short last batch is padded so the graph is
-            traced once.
         keep_activations: also keep the top-block input activations (for phase 2).
         description: progress bar label.
 
     Returns:
         The cache, float16.
     """
-    count = len(images)
+    count, batch_size = len(images), forward.batch_size
     batches = math.ceil(count / batch_size)
     pooled = activations = None
     with tqdm(total=views * count, desc=description, unit="img", smoothing=0.1) as progress:
@@ -75,16 +140,16 @@ def extract_features(forward, images: np.ndarray, augmenter, *, views: int, batc
             stream = augmented_batches(images, augmenter, batch_size, epoch=view)
             for index, batch in enumerate(stream):
                 size = len(batch)
-                batch_activations, batch_pooled = forward(tf.constant(pad_batch(batch, batch_size)))
+                batch_activations, batch_pooled = forward(pad_batch(batch, batch_size))
                 if pooled is None:
                     pooled = np.empty((views, count, batch_pooled.shape[-1]), np.float16)
                     if keep_activations:
                         activations = np.empty((views, count, *batch_activations.shape[1:]),
                                                np.float16)
                 start = index * batch_size
-                pooled[view, start:start + size] = batch_pooled.numpy()[:size]
+                pooled[view, start:start + size] = batch_pooled[:size]
                 if keep_activations:
-                    activations[view, start:start + size] = batch_activations.numpy()[:size]
+                    activations[view, start:start + size] = batch_activations[:size]
                 progress.update(size)
         if batches == 0:
             raise ValueError(f"No images to extract features from ({description}).")

@@ -33,6 +33,7 @@ from pipeline.config import ExperimentConfig, TrainConfig
 from pipeline.data.prepare import PreparedData
 from pipeline.features import FeatureCache, extract_features, make_forward
 from pipeline.inputs import CachedViews
+from pipeline.litert import available_cpus
 from pipeline.model import adam_with_decay, assemble_classifier, build_head
 from pipeline.stages import atomic_path, write_json
 
@@ -105,16 +106,18 @@ def _extract(config, data: PreparedData, run_dir: Path, bottom, top, image_size:
     train_transform = build_train_transform(config.augment.chain, image_size, color_pca=color_pca)
     train_augmenter = BatchAugmenter(train_transform, seed=config.train.seed)
     eval_augmenter = BatchAugmenter(build_eval_transform(image_size), seed=config.train.seed)
-    forward = make_forward(bottom, top)
+    engine = config.train.extraction_engine
+    if engine == "auto":
+        engine = get_backbone_spec(config.model.backbone).extraction_engine
+    forward = make_forward(bottom, top, batch_size=config.train.batch_size, engine=engine)
+    print(f"Feature extraction runs on {forward.engine} ({available_cpus()} CPU cores).")
     keep = config.train.fine_tune_epochs > 0
-    batch = config.train.batch_size
     train_cache = extract_features(forward, data.images("train"), train_augmenter,
-                                   views=config.train.cached_views, batch_size=batch,
-                                   keep_activations=keep,
+                                   views=config.train.cached_views, keep_activations=keep,
                                    description=f"Features of {config.train.cached_views} "
                                                f"augmented views (train)")
     dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
-                                 batch_size=batch, keep_activations=keep,
+                                 keep_activations=keep,
                                  description="Features (dev)")
     return train_cache, dev_cache
 

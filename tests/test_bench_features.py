@@ -15,7 +15,7 @@ from PIL import Image
 from bench.bench_features import bench_cached_head, bench_time_to_accuracy
 
 RATIOS = ("cached_head_epoch_speedup", "phase1_speedup_over_epochs",
-          "extraction_vs_raw_forward")
+          "extraction_vs_raw_forward", "extraction_vs_raw_forward_tensorflow_engine")
 
 
 def _is_positive_number(value) -> bool:
@@ -34,7 +34,7 @@ def test_bench_cached_head_returns_positive_ratios_and_rates():
                 "extraction_images_per_s", "raw_forward_images_per_s", "extraction_s"):
         assert _is_positive_number(result[key]), (key, result[key])
     assert (result["phase1_epochs"], result["views"], result["images"]) == (3, 2, 10)
-    assert result["image_size"] == 32
+    assert result["image_size"] == 32 and result["extraction_engine"] == "litert"
 
 
 def test_bench_time_to_accuracy_on_a_tiny_folder(tmp_path):

@@ -1,24 +1,48 @@
-"""Cached features: what `extract_features` stores must equal running the frozen base directly."""
+"""Cached features: what `extract_features` stores must equal running the frozen base directly,
+on either engine."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import features
 from pipeline.augment import BatchAugmenter, build_eval_transform, build_train_transform
-from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
-from pipeline.features import extract_features, make_forward
+from pipeline.backbones import (
+    create_backbone,
+    freeze_backbone,
+    get_backbone_spec,
+    list_backbones,
+    split_backbone,
+)
+from pipeline.features import ENGINES, extract_features, make_forward
 from pipeline.inputs import CachedViews, augmented_batches, pad_batch
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def lite0():
+def lite0_base():
     # real ImageNet weights (offline): a random-init Lite0 outputs near-constant features
     spec = get_backbone_spec("efficientnet_lite0")
     base = create_backbone(spec.name, weights="imagenet", image_size=SIZE)
     freeze_backbone(base, spec, unfreeze_top=False)
-    return base, make_forward(*split_backbone(base, spec))
+    return base, split_backbone(base, spec)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def lite0(request, lite0_base):
+    """(base, forward_for(batch_size)) with the forward pass on each engine in turn."""
+    base, (bottom, top) = lite0_base
+    made = {}
+
+    def forward_for(batch_size: int):
+        if batch_size not in made:
+            made[batch_size] = make_forward(bottom, top, batch_size=batch_size,
+                                            engine=request.param)
+            assert made[batch_size].engine == request.param  # no silent fallback
+        return made[batch_size]
+
+    return base, forward_for
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +60,10 @@ def test_pad_batch_pads_short_batches_with_zero_images_and_keeps_full_ones():
 
 
 def test_one_eval_view_matches_the_base_run_directly(lite0, images):
-    base, forward = lite0
+    base, forward_for = lite0
     augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
     # 11 images in batches of 4: the last batch is padded, which must not leak into results
-    cache = extract_features(forward, images, augmenter, views=1, batch_size=4,
+    cache = extract_features(forward_for(4), images, augmenter, views=1,
                              keep_activations=True, description="test")
     expected = base(images.astype("float32"), training=False).numpy().mean(axis=(1, 2))
     assert cache.pooled.shape == (1, 11, 1280) and cache.pooled.dtype == np.float16
@@ -49,11 +73,11 @@ def test_one_eval_view_matches_the_base_run_directly(lite0, images):
 
 
 def test_features_do_not_depend_on_the_batch_size(lite0, images):
-    _, forward = lite0
+    _, forward_for = lite0
     augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
-    by_three = extract_features(forward, images, augmenter, views=1, batch_size=3,
+    by_three = extract_features(forward_for(3), images, augmenter, views=1,
                                 keep_activations=False, description="test")
-    by_eleven = extract_features(forward, images, augmenter, views=1, batch_size=11,
+    by_eleven = extract_features(forward_for(11), images, augmenter, views=1,
                                  keep_activations=False, description="test")
     assert by_three.activations is None
     np.testing.assert_allclose(by_three.pooled.astype("float32"),
@@ -61,9 +85,9 @@ def test_features_do_not_depend_on_the_batch_size(lite0, images):
 
 
 def test_each_view_is_the_augmented_epoch_it_stands_for(lite0, images):
-    base, forward = lite0
+    base, forward_for = lite0
     augmenter = BatchAugmenter(build_train_transform("light", SIZE), seed=3)
-    cache = extract_features(forward, images, augmenter, views=2, batch_size=4,
+    cache = extract_features(forward_for(4), images, augmenter, views=2,
                              keep_activations=False, description="test")
     for view in range(2):
         augmented = np.concatenate(list(augmented_batches(images, augmenter, 4, epoch=view)))
@@ -74,11 +98,66 @@ def test_each_view_is_the_augmented_epoch_it_stands_for(lite0, images):
 
 
 def test_extracting_nothing_is_an_error(lite0):
-    _, forward = lite0
+    _, forward_for = lite0
     augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
     with pytest.raises(ValueError, match="No images"):
-        extract_features(forward, np.zeros((0, SIZE, SIZE, 3), np.uint8), augmenter, views=1,
-                         batch_size=4, keep_activations=False, description="empty")
+        extract_features(forward_for(4), np.zeros((0, SIZE, SIZE, 3), np.uint8), augmenter,
+                         views=1, keep_activations=False, description="empty")
+
+
+def test_both_engines_give_the_same_activations_and_features(lite0_base, images):
+    _, (bottom, top) = lite0_base
+    batch = images[:8]
+    litert = make_forward(bottom, top, batch_size=8, engine="litert")(batch)
+    tensorflow = make_forward(bottom, top, batch_size=8, engine="tensorflow")(batch)
+    for ours, reference in zip(litert, tensorflow, strict=True):
+        assert ours.dtype == np.float32 and ours.shape == reference.shape
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("failure", ["missing runtime", "wrong outputs"])
+def test_litert_falls_back_to_tensorflow_and_says_why(lite0_base, images, monkeypatch, capsys,
+                                                       failure):
+    _, (bottom, top) = lite0_base
+    if failure == "missing runtime":
+        def convert(*args):
+            raise ImportError("No module named 'ai_edge_litert'")
+        monkeypatch.setattr(features, "convert", convert)
+    else:
+        real_model = features.LiteRTModel
+
+        def shifted_model(*args, **kwargs):  # a conversion that silently changed the network
+            model = real_model(*args, **kwargs)
+            return lambda batch: tuple(output + 0.5 for output in model(batch))
+        monkeypatch.setattr(features, "LiteRTModel", shifted_model)
+    forward = make_forward(bottom, top, batch_size=4, engine="litert")
+    assert forward.engine == "tensorflow"
+    message = capsys.readouterr().out
+    assert "running it with TensorFlow instead" in message
+    assert ("ai_edge_litert" if failure == "missing runtime" else "differ") in message
+    expected = make_forward(bottom, top, batch_size=4, engine="tensorflow")(images[:4])
+    np.testing.assert_array_equal(forward(images[:4])[1], expected[1])
+
+
+def test_an_unknown_engine_is_refused(lite0_base):
+    _, (bottom, top) = lite0_base
+    with pytest.raises(ValueError, match="Expected one of: tensorflow, litert"):
+        make_forward(bottom, top, batch_size=4, engine="onnx")
+
+
+@pytest.mark.parametrize("name", [name for name in list_backbones()
+                                  if get_backbone_spec(name).extraction_engine == "litert"])
+def test_every_backbone_sent_to_litert_converts_and_agrees(name):
+    spec = get_backbone_spec(name)
+    base = create_backbone(name, weights=None, image_size=SIZE)
+    freeze_backbone(base, spec, unfreeze_top=False)
+    assert make_forward(*split_backbone(base, spec), batch_size=2,
+                        engine="litert").engine == "litert"
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_names_a_known_engine(name):
+    assert get_backbone_spec(name).extraction_engine in ENGINES
 
 
 # ----------------------------------------------------------------------------------------------

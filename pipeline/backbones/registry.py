@@ -38,6 +38,10 @@ class BackboneSpec:
         preprocessing: the `ImagePreprocessing` mode: "caffe", "tf", "torch", "lite" or "raw".
         unfreeze_from: first layer of the top blocks that phase 2 fine-tunes.
         offline_weights: True when the ImageNet weights need no network.
+        extraction_engine: the faster engine for the frozen forward pass on a CPU,
+            "litert" or "tensorflow". Measured on 2 x86 cores at 160 px, batch 64, LiteRT over
+            TensorFlow: Lite0 1.81x, MobileNetV2 2.31x, EfficientNetB0 1.48x, ResNet50 0.99x,
+            InceptionV3 0.89x.
     """
 
     name: str
@@ -48,6 +52,7 @@ class BackboneSpec:
     preprocessing: str
     unfreeze_from: str
     offline_weights: bool
+    extraction_engine: str
 
 
 def _keras_application(constructor: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
@@ -64,6 +69,7 @@ BACKBONES = {
         preprocessing="caffe",
         unfreeze_from="conv5_block1_1_conv",
         offline_weights=False,
+        extraction_engine="tensorflow",
     ),
     "resnet50v2": BackboneSpec(
         name="resnet50v2",
@@ -74,6 +80,7 @@ BACKBONES = {
         preprocessing="tf",
         unfreeze_from="conv5_block1_preact_bn",
         offline_weights=False,
+        extraction_engine="tensorflow",
     ),
     "resnet101": BackboneSpec(
         name="resnet101",
@@ -84,6 +91,7 @@ BACKBONES = {
         preprocessing="caffe",
         unfreeze_from="conv5_block1_1_conv",
         offline_weights=False,
+        extraction_engine="tensorflow",
     ),
     "inception_v3": BackboneSpec(
         name="inception_v3",
@@ -94,6 +102,7 @@ BACKBONES = {
         preprocessing="tf",
         unfreeze_from="conv2d_80",  # the first layer of mixed9
         offline_weights=False,
+        extraction_engine="tensorflow",
     ),
     "inception_resnet_v2": BackboneSpec(
         name="inception_resnet_v2",
@@ -104,6 +113,7 @@ BACKBONES = {
         preprocessing="tf",
         unfreeze_from="conv2d_164",  # the first layer of block8_1
         offline_weights=False,
+        extraction_engine="tensorflow",
     ),
     "mobilenet_v2": BackboneSpec(
         name="mobilenet_v2",
@@ -114,6 +124,7 @@ BACKBONES = {
         preprocessing="tf",
         unfreeze_from="block_13_expand",
         offline_weights=False,
+        extraction_engine="litert",
     ),
     "efficientnet_b0": BackboneSpec(
         name="efficientnet_b0",
@@ -124,6 +135,7 @@ BACKBONES = {
         preprocessing="raw",
         unfreeze_from="block6a_expand_conv",
         offline_weights=False,
+        extraction_engine="litert",
     ),
     "efficientnet_lite0": BackboneSpec(
         name="efficientnet_lite0",
@@ -134,6 +146,7 @@ BACKBONES = {
         preprocessing="lite",
         unfreeze_from="block6a_expand_conv",
         offline_weights=True,
+        extraction_engine="litert",
     ),
 }
 
