@@ -48,7 +48,8 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
 
     Returns:
         {"history": per-epoch metrics of both phases, "timings": seconds per step,
-         "phase_boundaries": epochs at which phase 2 began}
+         "phase_boundaries": epochs at which phase 2 began, "image_size": the model's input
+         side, "extraction_engine": what ran the frozen base}
     """
     keras.utils.set_random_seed(config.train.seed)
     spec = get_backbone_spec(config.model.backbone)
@@ -60,7 +61,7 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
-    train_cache, dev_cache = _extract(config, data, run_dir, bottom, top, image_size)
+    train_cache, dev_cache, engine = _extract(config, data, run_dir, bottom, top, image_size)
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
 
@@ -86,7 +87,7 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     with atomic_path(run_dir / "model.keras") as path:
         model.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": image_size}
+              "image_size": image_size, "extraction_engine": engine}
     write_json(run_dir / "train_history.json", result)
     return result
 
@@ -119,7 +120,7 @@ def _extract(config, data: PreparedData, run_dir: Path, bottom, top, image_size:
     dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
                                  keep_activations=keep,
                                  description="Features (dev)")
-    return train_cache, dev_cache
+    return train_cache, dev_cache, forward.engine
 
 
 def train_head(head: keras.Model, train_features: np.ndarray, train_labels: np.ndarray,

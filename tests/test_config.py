@@ -1,6 +1,13 @@
 import pytest
 
-from pipeline.config import ConfigError, ExperimentConfig, load_config, save_config, to_dict
+from pipeline.config import (
+    CHOICES,
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    save_config,
+    to_dict,
+)
 
 
 def write(tmp_path, text):
@@ -48,6 +55,15 @@ def test_wrong_type_names_key_and_value():
 def test_bad_choice_lists_allowed_values():
     with pytest.raises(ConfigError, match="data.source' must be one of: fashion_mnist, folder"):
         load_config(None, ["data.source=s3"])
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_every_choice_key_accepts_its_choices_and_refuses_others(key):
+    for choice in CHOICES[key]:
+        section, name = key.split(".")
+        assert getattr(getattr(load_config(None, [f"{key}={choice}"]), section), name) == choice
+    with pytest.raises(ConfigError, match=f"'{key}' must be one of: {', '.join(CHOICES[key])}"):
+        load_config(None, [f"{key}=not_a_choice"])
 
 
 @pytest.mark.parametrize("override, message", [

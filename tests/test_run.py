@@ -47,6 +47,9 @@ def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
     output = capsys.readouterr().out
     assert f"Run folder: {run_dir}" in output and "Exported model:" in output
     assert set(read_lock(run_dir)) == set(STAGES)
+    # Lite0 is a backbone the registry sends to LiteRT, and nothing made it fall back
+    assert "Feature extraction runs on litert" in output
+    assert json.loads((run_dir / "train_history.json").read_text())["extraction_engine"] == "litert"
 
 
 def test_fresh_stages_are_skipped_and_changed_ones_rerun(tiny_config, capsys):
