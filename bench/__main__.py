@@ -11,12 +11,13 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-RESULTS = Path("runs/bench/results.json")
+from bench.suites import OUTPUT_DIR  # noqa: E402
+
+RESULTS = OUTPUT_DIR / "results.json"
 GOALS = {
     "augment_speedup_vs_numpy_function": ">= 2",
     "online_vs_preaugmented_train_speed": ">= 0.95",
@@ -26,6 +27,14 @@ GOALS = {
     "extraction_vs_raw_forward": ">= 0.95",
     "time_to_accuracy_speedup_vs_keras_guide": ">= 3",
     "test_accuracy_minus_keras_guide": ">= -1 point",
+    "time_to_accuracy_speedup_vs_keras_guide_k1": ">= 3 (K=1)",
+    "test_accuracy_minus_keras_guide_k1": ">= -1 point (K=1)",
+}
+CURVES = {  # ratios measured at several points of one run
+    "phase1_speedup_by_epochs": "phase 1 speedup by epochs E (K=2), goal 0.8 x E",
+    "phase1_speedup_by_epochs_plain_cache": "phase 1 speedup by epochs E (K=1), goal 0.8 x E",
+    "time_to_accuracy_speedup_vs_keras_guide_by_margin": "time-to-accuracy speedup by margin "
+                                                         "below the common best dev accuracy",
 }
 
 
@@ -47,6 +56,10 @@ def main(argv: list[str]) -> int:
         value = results.get(key)
         shown = "skipped" if value is None else f"{value:10.3f}"
         print(f"{key:45s} {shown:>10s}  {goal}")
+    for key, title in CURVES.items():
+        if key in results:
+            print(f"{title}: " + ", ".join(f"{point} -> {value:.2f}"
+                                           for point, value in results[key].items()))
     print(f"\nAll numbers: {RESULTS}")
     return 0
 

@@ -35,6 +35,9 @@ def test_bench_cached_head_returns_positive_ratios_and_rates():
         assert _is_positive_number(result[key]), (key, result[key])
     assert (result["phase1_epochs"], result["views"], result["images"]) == (3, 2, 10)
     assert result["image_size"] == 32 and result["extraction_engine"] == "litert"
+    by_epochs = result["phase1_speedup_by_epochs"]
+    assert list(by_epochs) == ["1", "3"] and all(map(_is_positive_number, by_epochs.values()))
+    assert by_epochs["3"] == result["phase1_speedup_over_epochs"]
 
 
 def test_bench_time_to_accuracy_on_a_tiny_folder(tmp_path):
@@ -45,12 +48,19 @@ def test_bench_time_to_accuracy_on_a_tiny_folder(tmp_path):
         pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=90)
 
+    plot = tmp_path / "bench" / "time_to_accuracy.png"
     result = bench_time_to_accuracy(tmp_path, image_size=32, weights="none",
-                                    keras_guide_epochs=2)
+                                    keras_guide_epochs=2, plot_path=plot)
 
     for key in ("time_to_accuracy_speedup_vs_keras_guide", "ours_time_to_target_s",
-                "keras_guide_time_to_target_s", "ours_total_s", "keras_guide_total_s"):
+                "keras_guide_time_to_target_s", "ours_total_s", "keras_guide_total_s",
+                "time_to_accuracy_speedup_vs_keras_guide_k1", "ours_time_to_target_s_k1"):
         assert _is_positive_number(result[key]), (key, result[key])
+    by_margin = result["time_to_accuracy_speedup_vs_keras_guide_by_margin"]
+    assert list(by_margin) == ["0.00", "0.01", "0.02", "0.03"]
+    assert by_margin["0.01"] == result["time_to_accuracy_speedup_vs_keras_guide"]
+    assert result["views"] == 2 and result["ours_epochs_k1"] >= 1
+    assert plot.read_bytes().startswith(b"\x89PNG")
     assert math.isfinite(result["test_accuracy_minus_keras_guide"])
     assert -100 <= result["test_accuracy_minus_keras_guide"] <= 100
     assert result["keras_guide_epochs"] == 2
