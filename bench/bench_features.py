@@ -376,7 +376,8 @@ def bench_time_to_accuracy(
     for k, run in zip(views[1:], ours[1:], strict=True):
         results |= {f"{key}_k{k}": value for key, value in _compare(run, peer, margin).items()}
     if plot_path is not None:
-        _plot_dev_accuracy(runs, results["target_dev_accuracy"], plot_path)
+        title = f"Time to accuracy on {flowers_root.name} (Lite0, {image_size} px)"
+        _plot_dev_accuracy(runs, results["target_dev_accuracy"], plot_path, title=title)
     return results | {
         "keras_guide_total_s": peer["ends"][-1],
         "keras_guide_epochs": len(peer["ends"]),
@@ -411,7 +412,7 @@ def _compare(ours: dict, peer: dict, margin: float) -> dict[str, float]:
     }
 
 
-def _plot_dev_accuracy(runs: dict[str, dict], target: float, path: Path) -> None:
+def _plot_dev_accuracy(runs: dict[str, dict], target: float, path: Path, *, title: str) -> None:
     """Dev accuracy at the end of each epoch against wall-clock seconds, one line per run."""
     figure = Figure(figsize=(7, 4), layout="constrained")
     FigureCanvasAgg(figure)
@@ -420,7 +421,7 @@ def _plot_dev_accuracy(runs: dict[str, dict], target: float, path: Path) -> None
         axes.plot(run["ends"], run["dev_accuracy"], marker="o", markersize=3, label=name)
     axes.axhline(target, color="gray", linestyle="--", linewidth=1, label="common target")
     axes.set(xlabel="seconds since the backbone was built (feature extraction included)",
-             ylabel="dev accuracy", title="Time to accuracy on flowers128 (Lite0, 160 px)")
+             ylabel="dev accuracy", title=title)
     axes.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -154,9 +154,14 @@ class ExportConfig:
 
     Attributes:
         models_dir: exported models go to `<models_dir>/<run name>/`.
+        formats: what to write beside `model.keras` (always written: `predict` reads it):
+            "litert" (`model.tflite`, for phones, microcontroller-class boards and small CPU
+            servers) and "saved_model" (`saved_model/`, for TensorFlow Serving). Each is
+            checked to predict what the trained model did.
     """
 
     models_dir: str = "models"
+    formats: tuple[str, ...] = ("keras", "litert")
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ CHOICES = {
     "train.early_stopping_monitor": ("val_loss", "val_accuracy"),
     "train.extraction_engine": ("auto", "litert", "tensorflow"),
 }
+EXPORT_FORMATS = ("keras", "litert", "saved_model")
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
 }
@@ -357,6 +363,7 @@ def _validate(config: ExperimentConfig) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
     _validate_ratios(config.data.split_ratios)
+    _validate_formats(config.export.formats)
     _validate_names(config)
     if not config.name or "/" in config.name:
         raise ConfigError(f"Config key 'name' must be a plain folder name. "
@@ -376,6 +383,14 @@ def _validate_names(config: ExperimentConfig) -> None:
         get_backbone_spec(config.model.backbone)
     except ValueError as error:
         raise ConfigError(f"Config key 'model.backbone': {error}") from None
+
+
+def _validate_formats(formats: tuple[str, ...]) -> None:
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown or "keras" not in formats or len(set(formats)) != len(formats):
+        raise ConfigError(f"Config key 'export.formats' must list distinct formats from "
+                          f"{', '.join(EXPORT_FORMATS)}, 'keras' included (predict reads it), "
+                          f"e.g. [keras, litert]. Received: {list(formats)!r}.")
 
 
 def _validate_ratios(ratios: tuple[float, ...]) -> None:

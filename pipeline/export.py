@@ -1,7 +1,11 @@
 """Export: `models/<run>/` with the model, its class names, preprocessing and metrics.
 
-The folder is assembled beside its final place and renamed into it only when everything,
-including the parity check, succeeded, so a half-written export never looks complete.
+Besides `model.keras` (what `python -m pipeline predict` reads) the model can be written for
+deployment as LiteRT (`model.tflite`) and as a TensorFlow SavedModel, both by Keras' own
+`Model.export`. Every written model is loaded back and must predict what the trained model did
+on a few test images. The folder is assembled beside its final place and renamed into it only
+when everything, parity checks included, succeeded, so a half-written export never looks
+complete.
 """
 
 from __future__ import annotations
@@ -12,58 +16,94 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from pipeline.litert import LiteRTModel
 from pipeline.model import read_class_names
-from pipeline.predict import predict_array
+from pipeline.predict import eval_inputs
 from pipeline.stages import atomic_path
 
 PARITY_IMAGES = 64
+EXPORTED_FILES = {"keras": "model.keras", "litert": "model.tflite", "saved_model": "saved_model"}
+KERAS_EXPORT_FORMATS = {"litert": "litert", "saved_model": "tf_saved_model"}
+HOW_TO_LOAD = {
+    "keras": "keras.models.load_model(path)",
+    "litert": "ai_edge_litert.interpreter.Interpreter(model_path=path); resize input 0 to "
+              "your batch size, allocate_tensors, set_tensor, invoke, get_tensor(output 0)",
+    "saved_model": "model = tf.saved_model.load(path); model.serve(images), or TensorFlow "
+                   "Serving",
+}
 
 
 def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
-                 stored_size: int) -> Path:
-    """Copies the trained model into `export_dir` and checks the copy predicts the same.
+                 stored_size: int, formats: tuple[str, ...] = ("keras",)) -> Path:
+    """Writes the trained model into `export_dir` in `formats` and checks each predicts the same.
 
     Args:
         run_dir: the run folder holding model.keras and metrics.json.
         export_dir: e.g. models/<run name>; replaced atomically.
         check_images: uint8 images for the parity check (a few test images).
         stored_size: the square size images are decoded to before the model's own resize.
+        formats: keys of `EXPORTED_FILES`; "keras" is always written.
 
     Returns:
         export_dir.
 
     Raises:
-        RuntimeError: the exported model predicts differently from the trained one.
+        RuntimeError: an exported model predicts differently from the trained one.
     """
     trained = keras.models.load_model(run_dir / "model.keras")
-    expected = predict_array(trained, check_images, description="Parity check (trained)")
+    inputs = eval_inputs(check_images, trained.input_shape[1]).astype("float32")
+    expected = trained(inputs, training=False).numpy()
     with atomic_path(export_dir) as folder:
         folder.mkdir()
-        shutil.copy2(run_dir / "model.keras", folder / "model.keras")
         class_names = read_class_names(trained)
         (folder / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
         shutil.copy2(run_dir / "metrics.json", folder / "metrics.json")
-        (folder / "preprocessing.json").write_text(json.dumps({
-            "input": "RGB, uint8 range [0, 255], float32 tensor of shape "
-                     f"(batch, {trained.input_shape[1]}, {trained.input_shape[2]}, 3)",
-            "decode": "pipeline.data.images.load_image (EXIF upright, RGB)",
-            "stored_size": stored_size,
-            "resize": f"shorter side to {stored_size}, centre crop, then resize to "
-                      f"{trained.input_shape[1]} (pipeline.predict.predict_files does this)",
-            "normalisation": "inside the model (its first layer)",
-            "class_names": class_names,
-        }, indent=2, ensure_ascii=False))
-        exported = keras.models.load_model(folder / "model.keras")
-        actual = predict_array(exported, check_images, description="Parity check (exported)")
-        _check_parity(expected, actual)
+        _write_preprocessing(folder, trained, stored_size, class_names, formats)
+        for name in dict.fromkeys(("keras", *formats)):
+            path = folder / EXPORTED_FILES[name]
+            if name == "keras":
+                shutil.copy2(run_dir / "model.keras", path)
+            else:
+                trained.export(path, format=KERAS_EXPORT_FORMATS[name], verbose=False)
+            _check_parity(path.name, expected, _run_exported(name, path, inputs))
     return export_dir
 
 
-def _check_parity(expected: np.ndarray, actual: np.ndarray) -> None:
-    if not np.array_equal(expected.argmax(-1), actual.argmax(-1)) or \
-            not np.allclose(expected, actual, atol=1e-4):
-        difference = float(np.abs(expected - actual).max())
-        raise RuntimeError(f"The exported model predicts differently from the trained one "
-                           f"(max probability difference {difference:.2g}); export aborted, "
-                           f"nothing was written.")
+def _write_preprocessing(folder: Path, model: keras.Model, stored_size: int,
+                         class_names: list[str], formats: tuple[str, ...]) -> None:
+    size = model.input_shape[1]
+    (folder / "preprocessing.json").write_text(json.dumps({
+        "input": f"RGB, uint8 range [0, 255], float32 tensor of shape (batch, {size}, {size}, 3)",
+        "decode": "pipeline.data.images.load_image (EXIF upright, RGB)",
+        "stored_size": stored_size,
+        "resize": f"shorter side to {stored_size}, centre crop, then resize to {size} "
+                  f"(pipeline.predict.predict_files does this)",
+        "normalisation": "inside the model (its first layer)",
+        "output": "softmax probabilities, in the order of class_names (labels.txt)",
+        "class_names": class_names,
+        "files": {EXPORTED_FILES[name]: HOW_TO_LOAD[name] for name in dict.fromkeys(
+            ("keras", *formats))},
+    }, indent=2, ensure_ascii=False))
+
+
+def _run_exported(name: str, path: Path, inputs: np.ndarray) -> np.ndarray:
+    """Class probabilities of the model written at `path`, loaded as a user would load it."""
+    if name == "keras":
+        return keras.models.load_model(path)(inputs, training=False).numpy()
+    if name == "litert":
+        return LiteRTModel(path.read_bytes(), input_shape=inputs.shape)(inputs)[0]
+    loaded = tf.saved_model.load(str(path))  # keep it referenced: it owns the variables
+    return loaded.serve(tf.constant(inputs)).numpy()
+
+
+def _check_parity(file_name: str, expected: np.ndarray, actual: np.ndarray) -> None:
+    if expected.shape != actual.shape or not np.array_equal(expected.argmax(-1),
+                                                            actual.argmax(-1)) \
+            or not np.allclose(expected, actual, atol=1e-4):
+        difference = (float(np.abs(expected - actual).max())
+                      if expected.shape == actual.shape else float("nan"))
+        raise RuntimeError(f"The exported {file_name} predicts differently from the trained "
+                           f"model (max probability difference {difference:.2g}); export "
+                           f"aborted, nothing was written.")

@@ -41,13 +41,18 @@ class LiteRTModel:
         >>> activations, pooled = model(batch)  # batch: uint8 (64, 96, 96, 3)
     """
 
-    def __init__(self, model: bytes, *, threads: int | None = None):
+    def __init__(self, model: bytes, *, threads: int | None = None,
+                 input_shape: tuple[int, ...] | None = None):
+        """Loads `model` (the bytes of a .tflite file); `input_shape` fixes a dynamic input
+        shape (such as a batch size of None) before the tensors are allocated."""
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter = Interpreter(model_content=model,
                                         num_threads=threads or available_cpus())
-        self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
+        if input_shape is not None:
+            self._interpreter.resize_tensor_input(self._input, list(input_shape))
+        self._interpreter.allocate_tensors()
         self._outputs = [detail["index"] for detail in self._interpreter.get_output_details()]
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:

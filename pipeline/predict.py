@@ -41,6 +41,12 @@ def predict_array(model: keras.Model, images: np.ndarray, *, batch_size: int = 1
     return np.concatenate(outputs)
 
 
+def eval_inputs(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 images resized to the model's input as evaluation does (the eval transform)."""
+    augmenter = BatchAugmenter(build_eval_transform(image_size), seed=0)
+    return augmenter(np.asarray(images), np.arange(len(images)), 0)
+
+
 def find_images(target: Path) -> list[Path]:
     """One file, or every image file under a folder (sorted, hidden files left out)."""
     if not target.exists():

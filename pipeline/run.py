@@ -193,12 +193,15 @@ def _write_report(config, run_dir: Path, metrics: dict, history: dict) -> None:
 
 def _export(config: ExperimentConfig, run_dir: Path) -> list[str]:
     from pipeline.data.prepare import load_prepared
-    from pipeline.export import PARITY_IMAGES, export_model
+    from pipeline.export import EXPORTED_FILES, PARITY_IMAGES, export_model
 
     data = load_prepared(run_dir / "data")
     test_images = np.asarray(data.images("test")[:PARITY_IMAGES])
     stored_size = json.loads((run_dir / "data" / "dataset.json").read_text())["image_size"]
     export_dir = Path(config.export.models_dir) / config.name
-    export_model(run_dir, export_dir, check_images=test_images, stored_size=stored_size)
-    print(f"Exported to {export_dir} (model.keras, labels.txt, preprocessing.json, metrics.json)")
+    export_model(run_dir, export_dir, check_images=test_images, stored_size=stored_size,
+                 formats=config.export.formats)
+    written = [EXPORTED_FILES[name] for name in config.export.formats]
+    print(f"Exported to {export_dir} ({', '.join(written)}, labels.txt, preprocessing.json, "
+          f"metrics.json), each model checked against the trained one")
     return [str((export_dir / "model.keras").resolve())]
