@@ -42,6 +42,7 @@ def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
     labels = (export_dir / "labels.txt").read_text().splitlines()
     assert labels[0] == "T-shirt/top" and len(labels) == 10
     exported = keras.models.load_model(export_dir / "model.keras")
+    assert (export_dir / "model.tflite").stat().st_size > 0  # export.formats default: + litert
     assert read_class_names(exported) == labels
     assert exported.input_shape[1:] == (32, 32, 3)
     output = capsys.readouterr().out
