@@ -2,6 +2,7 @@
 #   make train                        the default offline job (Fashion-MNIST + Lite0 ImageNet)
 #   make train DATA=~/photos          your own folder: one sub-folder per class
 #   make train CONFIG=configs/flowers.yaml   tfds + ResNet50 ImageNet (needs a network)
+#   make search                       random search of the head's hyperparameters on dev
 #   make test                         the test suite CI runs
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The default job reads Fashion-MNIST from Debian's package.
 DATA_DEPS := $(if $(and $(filter configs/default.yaml,$(CONFIG)),$(if $(DATA),,yes)),$(FASHION_MNIST))
 
-.PHONY: install data preview train evaluate export predict backbones test test-slow bench lint clean
+.PHONY: install data preview train evaluate export predict backbones search test test-slow bench lint clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -49,6 +50,8 @@ predict: install
 	$(PIPELINE) predict --images "$(IMAGES)"
 backbones: install
 	$(PIPELINE) backbones
+search: install $(DATA_DEPS)
+	$(PIPELINE) search
 
 test: install
 	$(PY) -m pytest -q

@@ -17,7 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.config import ConfigError, load_config  # noqa: E402
 
-COMMANDS = ("data", "preview", "train", "evaluate", "export", "all", "predict", "backbones")
+COMMANDS = ("data", "preview", "train", "evaluate", "export", "all", "predict", "backbones",
+            "search")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -25,7 +26,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         prog="python -m pipeline",
         description="Staged transfer learning: data -> preview -> train -> evaluate -> export.")
     parser.add_argument("command", choices=COMMANDS,
-                        help="a stage; 'all' runs every stage, skipping those that are fresh")
+                        help="a stage; 'all' runs every stage, skipping those that are "
+                             "fresh; 'search' tries random head hyperparameters on dev")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. train.head_epochs=5")
     parser.add_argument("--config", default="configs/default.yaml", help="YAML experiment file")
@@ -66,6 +68,11 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.command == "predict":
         return _predict(config, arguments)
+    if arguments.command == "search":
+        from pipeline.run import run_search
+
+        run_search(config)
+        return 0
     stages = STAGES if arguments.command == "all" else (arguments.command,)
     run_stages(config, stages, force=arguments.force)
     return 0

@@ -165,6 +165,26 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Random search of the head's hyperparameters (`python -m pipeline search`).
+
+    Each range is [low, high]; learning rate and L2 are drawn uniformly on a log scale (a
+    value between 1e-4 and 1e-3 is as likely as one between 1e-2 and 1e-1), dropout linearly.
+
+    Attributes:
+        trials: how many random draws to train and compare on dev.
+        head_learning_rate: range of phase 1's Adam learning rate.
+        l2: range of the head's L2 penalty.
+        dropout: range of the head's dropout rate.
+    """
+
+    trials: int = 12
+    head_learning_rate: tuple[float, ...] = (1e-4, 1e-1)
+    l2: tuple[float, ...] = (1e-6, 1e-2)
+    dropout: tuple[float, ...] = (0.0, 0.5)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: a run name and a config section per stage."""
 
@@ -176,6 +196,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -193,6 +214,7 @@ CHOICES = {
 EXPORT_FORMATS = ("keras", "litert", "saved_model")
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
+    "search.trials",
 }
 FRACTIONS = {"model.dropout", "train.decay_rate", "evaluate.baseline_error"}
 
@@ -346,7 +368,7 @@ def _type_error(key: str, value: Any, kind: Any) -> ConfigError:
 
 def _validate(config: ExperimentConfig) -> None:
     flat = {}
-    for section in ("data", "augment", "model", "train", "evaluate", "export"):
+    for section in ("data", "augment", "model", "train", "evaluate", "export", "search"):
         for name, value in dataclasses.asdict(getattr(config, section)).items():
             flat[f"{section}.{name}"] = value
     for key, allowed in CHOICES.items():
@@ -364,6 +386,7 @@ def _validate(config: ExperimentConfig) -> None:
             raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
     _validate_ratios(config.data.split_ratios)
     _validate_formats(config.export.formats)
+    _validate_search_ranges(config.search)
     _validate_names(config)
     if not config.name or "/" in config.name:
         raise ConfigError(f"Config key 'name' must be a plain folder name. "
@@ -391,6 +414,17 @@ def _validate_formats(formats: tuple[str, ...]) -> None:
         raise ConfigError(f"Config key 'export.formats' must list distinct formats from "
                           f"{', '.join(EXPORT_FORMATS)}, 'keras' included (predict reads it), "
                           f"e.g. [keras, litert]. Received: {list(formats)!r}.")
+
+
+def _validate_search_ranges(search: SearchConfig) -> None:
+    log_scale = ("0 < low < high", lambda low, high: 0 < low < high)
+    rules = {"head_learning_rate": log_scale, "l2": log_scale,
+             "dropout": ("0 <= low < high < 1", lambda low, high: 0 <= low < high < 1)}
+    for name, (wanted, holds) in rules.items():
+        bounds = getattr(search, name)
+        if len(bounds) != 2 or not holds(*bounds):
+            raise ConfigError(f"Config key 'search.{name}' must be a range [low, high] with "
+                              f"{wanted}. Received: {list(bounds)!r}.")
 
 
 def _validate_ratios(ratios: tuple[float, ...]) -> None:

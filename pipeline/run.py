@@ -4,6 +4,7 @@
 
 A stage's fingerprint is its slice of the resolved config plus the fingerprint of the stage it
 reads from, so changing `train.head_epochs` reruns train, evaluate and export but not data.
+`run_search` is apart from the stages: it reads the data stage and writes `search/`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,27 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = STAGES, *,
     print(f"\nRun folder: {run_dir}")
     if "export" in stages:
         print(f"Exported model: {Path(config.export.models_dir) / config.name}")
+
+
+def run_search(config: ExperimentConfig) -> dict:
+    """The data stage (skipped when fresh), then the random search of the head's
+    hyperparameters on dev (`pipeline.search`); prints the best trials and their overrides."""
+    from pipeline.data.prepare import load_prepared
+    from pipeline.search import format_results, search_head
+
+    run_stages(config, ("data",))
+    print("\n== search ==")
+    # what the trials depend on; not `search.trials`, so raising it resumes the same search
+    sections = to_dict(config)
+    ranges = {key: value for key, value in sections["search"].items() if key != "trials"}
+    searched = fingerprint({key: sections[key] for key in ("augment", "model", "train")}
+                           | {"ranges": ranges, "after": stage_fingerprints(config)["data"]})
+    result = search_head(config, load_prepared(config.run_dir / "data"), config.run_dir,
+                         searched)
+    print(format_results(result))
+    print(f"All trials: {config.run_dir / 'search' / 'results.json'}, plot: "
+          f"{config.run_dir / 'search' / 'search.png'}")
+    return result
 
 
 def _require_upstream(run_dir: Path, stage: str, fingerprints: dict[str, str]) -> None:

@@ -61,7 +61,9 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
-    train_cache, dev_cache, engine = _extract(config, data, run_dir, bottom, top, image_size)
+    train_cache, dev_cache, engine = cache_features(
+        config, data, run_dir, bottom, top, image_size,
+        keep_activations=config.train.fine_tune_epochs > 0)
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
 
@@ -100,7 +102,15 @@ def color_pca_for(config: ExperimentConfig, data: PreparedData):
     return fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
 
 
-def _extract(config, data: PreparedData, run_dir: Path, bottom, top, image_size: int):
+def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, bottom, top,
+                   image_size: int, *, keep_activations: bool
+                   ) -> tuple[FeatureCache, FeatureCache, str]:
+    """The frozen base's outputs for K augmented views of train and the plain view of dev.
+
+    Returns:
+        (train cache, dev cache, the engine that ran the base); the PCA colour shift fitted on
+        the way, if the chain uses it, is saved as `run_dir/color_pca.json`.
+    """
     color_pca = color_pca_for(config, data)
     if color_pca is not None:
         color_pca.save(run_dir / "color_pca.json")
@@ -112,13 +122,13 @@ def _extract(config, data: PreparedData, run_dir: Path, bottom, top, image_size:
         engine = get_backbone_spec(config.model.backbone).extraction_engine
     forward = make_forward(bottom, top, batch_size=config.train.batch_size, engine=engine)
     print(f"Feature extraction runs on {forward.engine} ({available_cpus()} CPU cores).")
-    keep = config.train.fine_tune_epochs > 0
     train_cache = extract_features(forward, data.images("train"), train_augmenter,
-                                   views=config.train.cached_views, keep_activations=keep,
+                                   views=config.train.cached_views,
+                                   keep_activations=keep_activations,
                                    description=f"Features of {config.train.cached_views} "
                                                f"augmented views (train)")
     dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
-                                 keep_activations=keep,
+                                 keep_activations=keep_activations,
                                  description="Features (dev)")
     return train_cache, dev_cache, forward.engine
 
@@ -187,4 +197,4 @@ def load_history(run_dir: Path) -> dict:
 
 
 __all__ = ["train", "train_head", "fine_tune", "class_weights", "model_image_size",
-           "FeatureCache", "load_history"]
+           "cache_features", "FeatureCache", "load_history"]
