@@ -27,7 +27,7 @@ from pipeline.data.prepare import PreparedData
 from pipeline.inputs import CachedViews
 from pipeline.model import adam_with_decay, build_head
 from pipeline.stages import write_json
-from pipeline.train import cache_features, model_image_size
+from pipeline.train import cache_features, class_weights, model_image_size
 
 # hyperparameter -> the config key it sets
 CONFIG_KEYS = {"head_learning_rate": "train.head_learning_rate", "l2": "model.l2",
@@ -109,7 +109,8 @@ def search_head(config: ExperimentConfig, data: PreparedData, run_dir: Path,
             monitor=config.train.early_stopping_monitor,
             patience=config.train.early_stopping_patience, restore_best_weights=True)
         tuner.search(train_data, validation_data=dev_data, epochs=config.train.head_epochs,
-                     callbacks=[early_stopping], verbose=0)
+                     callbacks=[early_stopping], verbose=0,
+                     class_weight=class_weights(data.labels("train"), config.train))
     return _write_results(tuner, run_dir / "search")
 
 
