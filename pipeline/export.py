@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.litert import LiteRTModel
+from pipeline.litert import LiteRTModel, litert_available
 from pipeline.model import read_class_names
 from pipeline.predict import eval_inputs
 from pipeline.stages import atomic_path
@@ -52,6 +52,11 @@ def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
     Raises:
         RuntimeError: an exported model predicts differently from the trained one.
     """
+    if "litert" in formats and not litert_available():
+        raise RuntimeError("export.formats includes 'litert', but the LiteRT runtime (package "
+                           "ai-edge-litert, which has no Windows wheels) is not installed, so "
+                           "model.tflite could not be checked. Install it, or export without "
+                           "it: export.formats=[keras].")
     trained = keras.models.load_model(run_dir / "model.keras")
     inputs = eval_inputs(check_images, trained.input_shape[1]).astype("float32")
     expected = trained(inputs, training=False).numpy()

@@ -8,6 +8,7 @@ engine suits which backbone is `BackboneSpec.extraction_engine`; `pipeline.featu
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -26,6 +27,11 @@ def convert(function: tf.types.experimental.PolymorphicFunction,
 
     concrete = function.get_concrete_function(input_spec)
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], function).convert()
+
+
+def litert_available() -> bool:
+    """Whether the LiteRT runtime (package `ai-edge-litert`) is installed."""
+    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def available_cpus() -> int:

@@ -77,6 +77,15 @@ def test_keras_alone_writes_no_other_model(run_dir, images, tmp_path):
     assert keras.models.load_model(target / "model.keras").output_shape == (None, 3)
 
 
+def test_litert_export_without_the_runtime_is_a_clear_error_before_writing(run_dir, images,
+                                                                          tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "litert_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"ai-edge-litert.*export.formats=\[keras\]"):
+        export_model(run_dir, tmp_path / "run", check_images=images, stored_size=40,
+                     formats=("keras", "litert"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("formats", ["[litert]", "[keras, onnx]", "[keras, keras]"])
 def test_export_formats_are_checked_when_the_config_loads(formats):
     with pytest.raises(ConfigError, match="'export.formats' must list distinct formats from "
