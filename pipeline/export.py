@@ -57,6 +57,7 @@ def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
                            "ai-edge-litert, which has no Windows wheels) is not installed, so "
                            "model.tflite could not be checked. Install it, or export without "
                            "it: export.formats=[keras].")
+    formats = tuple(dict.fromkeys(("keras", *formats)))
     trained = keras.models.load_model(run_dir / "model.keras")
     inputs = eval_inputs(check_images, trained.input_shape[1]).astype("float32")
     expected = trained(inputs, training=False).numpy()
@@ -66,7 +67,7 @@ def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
         (folder / "labels.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
         shutil.copy2(run_dir / "metrics.json", folder / "metrics.json")
         _write_preprocessing(folder, trained, stored_size, class_names, formats)
-        for name in dict.fromkeys(("keras", *formats)):
+        for name in formats:
             path = folder / EXPORTED_FILES[name]
             if name == "keras":
                 shutil.copy2(run_dir / "model.keras", path)
@@ -88,8 +89,7 @@ def _write_preprocessing(folder: Path, model: keras.Model, stored_size: int,
         "normalisation": "inside the model (its first layer)",
         "output": "softmax probabilities, in the order of class_names (labels.txt)",
         "class_names": class_names,
-        "files": {EXPORTED_FILES[name]: HOW_TO_LOAD[name] for name in dict.fromkeys(
-            ("keras", *formats))},
+        "files": {EXPORTED_FILES[name]: HOW_TO_LOAD[name] for name in formats},
     }, indent=2, ensure_ascii=False))
 
 

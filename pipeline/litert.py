@@ -23,8 +23,9 @@ def convert(function: tf.types.experimental.PolymorphicFunction,
         ImportError: if the LiteRT runtime (package `ai-edge-litert`) is not installed, so the
             conversion is not wasted.
     """
-    import ai_edge_litert.interpreter  # noqa: F401  (fail before the costly conversion)
-
+    if not litert_available():  # fail before the costly conversion
+        raise ImportError("No module named 'ai_edge_litert' (install the package "
+                          "ai-edge-litert)")
     concrete = function.get_concrete_function(input_spec)
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], function).convert()
 

@@ -21,13 +21,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepare import PreparedData
-from pipeline.inputs import CachedViews
 from pipeline.model import adam_with_decay, build_head
 from pipeline.stages import write_json
-from pipeline.train import cache_features, class_weights, model_image_size
+from pipeline.train import (
+    cache_features,
+    cached_datasets,
+    class_weights,
+    early_stopping,
+    frozen_base,
+)
 
 # hyperparameter -> the config key it sets
 CONFIG_KEYS = {"head_learning_rate": "train.head_learning_rate", "l2": "model.l2",
@@ -84,18 +88,13 @@ def search_head(config: ExperimentConfig, data: PreparedData, run_dir: Path,
          "best_overrides": ["train.head_learning_rate=...", ...]}
     """
     keras.utils.set_random_seed(config.train.seed)
-    spec = get_backbone_spec(config.model.backbone)
-    image_size = model_image_size(config)
-    base = create_backbone(spec.name, weights=config.model.weights, image_size=image_size)
-    freeze_backbone(base, spec, unfreeze_top=False)
-    train_cache, dev_cache, _ = cache_features(config, data, run_dir, *split_backbone(base, spec),
-                                               image_size, keep_activations=False)
-    num_classes, batch_size = len(data.class_names), config.train.batch_size
-    train_data = CachedViews(train_cache.pooled, data.labels("train"), batch_size,
-                             seed=config.train.seed, num_classes=num_classes,
-                             mixup_alpha=config.train.mixup_alpha)
-    dev_data = CachedViews(dev_cache.pooled, data.labels("dev"), batch_size * 4,
-                           seed=config.train.seed, shuffle=False, num_classes=num_classes)
+    _, bottom, top = frozen_base(config)
+    train_cache, dev_cache, _ = cache_features(config, data, run_dir, bottom, top,
+                                               keep_activations=False)
+    num_classes = len(data.class_names)
+    train_data, dev_data = cached_datasets(train_cache.pooled, data.labels("train"),
+                                           dev_cache.pooled, data.labels("dev"), config.train,
+                                           num_classes=num_classes)
 
     hypermodel = HeadHyperModel(config, num_classes, train_cache.pooled.shape[-1],
                                 len(train_data))
@@ -105,11 +104,8 @@ def search_head(config: ExperimentConfig, data: PreparedData, run_dir: Path,
             seed=config.train.seed, directory=run_dir / "search", project_name=fingerprint[:16],
             overwrite=False, progress=bar)
         bar.update(len(tuner.oracle.trials) - bar.n)  # trials finished before an interruption
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor=config.train.early_stopping_monitor,
-            patience=config.train.early_stopping_patience, restore_best_weights=True)
         tuner.search(train_data, validation_data=dev_data, epochs=config.train.head_epochs,
-                     callbacks=[early_stopping], verbose=0,
+                     callbacks=[early_stopping(config.train)], verbose=0,
                      class_weight=class_weights(data.labels("train"), config.train))
     return _write_results(tuner, run_dir / "search")
 

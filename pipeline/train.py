@@ -53,17 +53,13 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     """
     keras.utils.set_random_seed(config.train.seed)
     spec = get_backbone_spec(config.model.backbone)
-    image_size = model_image_size(config)
-    base = create_backbone(spec.name, weights=config.model.weights, image_size=image_size)
-    freeze_backbone(base, spec, unfreeze_top=False)
-    bottom, top = split_backbone(base, spec)
+    base, bottom, top = frozen_base(config)
     timings = {}
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
     train_cache, dev_cache, engine = cache_features(
-        config, data, run_dir, bottom, top, image_size,
-        keep_activations=config.train.fine_tune_epochs > 0)
+        config, data, run_dir, bottom, top, keep_activations=config.train.fine_tune_epochs > 0)
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
 
@@ -89,7 +85,7 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     with atomic_path(run_dir / "model.keras") as path:
         model.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": image_size, "extraction_engine": engine}
+              "image_size": model_image_size(config), "extraction_engine": engine}
     write_json(run_dir / "train_history.json", result)
     return result
 
@@ -102,15 +98,28 @@ def color_pca_for(config: ExperimentConfig, data: PreparedData):
     return fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
 
 
+def frozen_base(config: ExperimentConfig) -> tuple[keras.Model, keras.Model, keras.Model]:
+    """The config's backbone with pretrained weights, frozen, and cut where its top blocks begin.
+
+    Returns:
+        (base, bottom, top) from `create_backbone` and `split_backbone`; they share weights.
+    """
+    spec = get_backbone_spec(config.model.backbone)
+    base = create_backbone(spec.name, weights=config.model.weights,
+                           image_size=model_image_size(config))
+    freeze_backbone(base, spec, unfreeze_top=False)
+    return base, *split_backbone(base, spec)
+
+
 def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, bottom, top,
-                   image_size: int, *, keep_activations: bool
-                   ) -> tuple[FeatureCache, FeatureCache, str]:
+                   *, keep_activations: bool) -> tuple[FeatureCache, FeatureCache, str]:
     """The frozen base's outputs for K augmented views of train and the plain view of dev.
 
     Returns:
         (train cache, dev cache, the engine that ran the base); the PCA colour shift fitted on
         the way, if the chain uses it, is saved as `run_dir/color_pca.json`.
     """
+    image_size = model_image_size(config)
     color_pca = color_pca_for(config, data)
     if color_pca is not None:
         color_pca.save(run_dir / "color_pca.json")
@@ -159,26 +168,37 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
          dev_views: np.ndarray, dev_labels: np.ndarray, config: TrainConfig, *,
          learning_rate: float, epochs: int, backup_dir: Path, phase: str) -> dict:
     """Compiles (after every change of `trainable`) and fits with early stopping and backup."""
-    num_classes = model.output_shape[-1]
-    train_data = CachedViews(train_views, train_labels, config.batch_size, seed=config.seed,
-                             num_classes=num_classes, mixup_alpha=config.mixup_alpha)
-    dev_data = CachedViews(dev_views, dev_labels, config.batch_size * 4, seed=config.seed,
-                           shuffle=False, num_classes=num_classes)
+    train_data, dev_data = cached_datasets(train_views, train_labels, dev_views, dev_labels,
+                                           config, num_classes=model.output_shape[-1])
     model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
                   loss="categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [
-        # mode "auto" reads the direction off the metric: down for loss, up for accuracy
-        keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
-                                      patience=config.early_stopping_patience,
-                                      restore_best_weights=True),
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
-    ]
+    callbacks = [early_stopping(config), keras.callbacks.BackupAndRestore(str(backup_dir))]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
     history = model.fit(train_data, validation_data=dev_data, epochs=epochs,
                         callbacks=callbacks, class_weight=class_weights(train_labels, config),
                         verbose=1 if sys.stdout.isatty() else 2)
     return {key: [float(value) for value in values] for key, values in history.history.items()}
+
+
+def cached_datasets(train_views: np.ndarray, train_labels: np.ndarray, dev_views: np.ndarray,
+                    dev_labels: np.ndarray, config: TrainConfig, *, num_classes: int
+                    ) -> tuple[CachedViews, CachedViews]:
+    """Train batches (shuffled, one view per example per epoch, mixup if configured) and dev
+    batches (in order, never mixed), with one-hot labels."""
+    train_data = CachedViews(train_views, train_labels, config.batch_size, seed=config.seed,
+                             num_classes=num_classes, mixup_alpha=config.mixup_alpha)
+    dev_data = CachedViews(dev_views, dev_labels, config.batch_size * 4, seed=config.seed,
+                           shuffle=False, num_classes=num_classes)
+    return train_data, dev_data
+
+
+def early_stopping(config: TrainConfig) -> keras.callbacks.EarlyStopping:
+    """Stops when the monitored dev metric stops improving and keeps the best epoch's weights."""
+    # mode "auto" reads the direction off the metric: down for loss, up for accuracy
+    return keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
+                                         patience=config.early_stopping_patience,
+                                         restore_best_weights=True)
 
 
 def class_weights(labels: np.ndarray, config: TrainConfig) -> dict[int, float] | None:
@@ -197,4 +217,5 @@ def load_history(run_dir: Path) -> dict:
 
 
 __all__ = ["train", "train_head", "fine_tune", "class_weights", "model_image_size",
-           "cache_features", "FeatureCache", "load_history"]
+           "frozen_base", "cache_features", "cached_datasets", "early_stopping", "FeatureCache",
+           "load_history"]
