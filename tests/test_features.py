@@ -115,6 +115,23 @@ def test_both_engines_give_the_same_activations_and_features(lite0_base, images)
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
 
 
+def test_litert_runs_small_batches_whatever_the_training_batch_size(lite0_base, images):
+    _, (bottom, top) = lite0_base
+    big = features.LITERT_BATCH_SIZE + 8
+    litert = make_forward(bottom, top, batch_size=big, engine="litert")
+    tensorflow = make_forward(bottom, top, batch_size=big, engine="tensorflow")
+    assert (litert.batch_size, tensorflow.batch_size) == (features.LITERT_BATCH_SIZE, big)
+    many = np.concatenate([images, images[::-1], images])  # more than one LiteRT batch
+    augmenter = BatchAugmenter(build_eval_transform(SIZE), seed=0)
+    ours, reference = (extract_features(forward, many, augmenter, views=1,
+                                        keep_activations=True, description="test")
+                       for forward in (litert, tensorflow))
+    for name in ("pooled", "activations"):
+        np.testing.assert_allclose(getattr(ours, name).astype("float32"),
+                                   getattr(reference, name).astype("float32"),
+                                   rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("failure", ["missing runtime", "wrong outputs"])
 def test_litert_falls_back_to_tensorflow_and_says_why(lite0_base, images, monkeypatch, capsys,
                                                        failure):
