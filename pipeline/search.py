@@ -26,6 +26,7 @@ from pipeline.data.prepare import PreparedData
 from pipeline.model import adam_with_decay, build_head
 from pipeline.stages import write_json
 from pipeline.train import (
+    HEAD_STEPS_PER_EXECUTION,
     cache_features,
     cached_datasets,
     class_weights,
@@ -57,7 +58,8 @@ class HeadHyperModel(keras_tuner.HyperModel):
         head = build_head(self.num_classes, self.feature_dim, model_config)
         head.compile(optimizer=adam_with_decay(learning_rate, self.steps_per_epoch,
                                                self.config.train.decay_rate),
-                     loss="categorical_crossentropy", metrics=["accuracy"])
+                     loss="categorical_crossentropy", metrics=["accuracy"],
+                     steps_per_execution=HEAD_STEPS_PER_EXECUTION)
         return head
 
 

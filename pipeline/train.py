@@ -142,13 +142,20 @@ def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, 
     return train_cache, dev_cache, forward.engine
 
 
+# A head step on cached features takes a few milliseconds, as much as Keras' own work per step
+# in Python; running 32 steps per call cut 15 head epochs from 2.9 s to 2.4 s (same weights).
+# Phase 2's steps take seconds, and its progress bar should move every step.
+HEAD_STEPS_PER_EXECUTION = 32
+
+
 def train_head(head: keras.Model, train_features: np.ndarray, train_labels: np.ndarray,
                dev_features: np.ndarray, dev_labels: np.ndarray, config: TrainConfig,
                backup_dir: Path) -> dict:
     """Phase 1: trains the new head on cached pooled features (K views, one drawn per epoch)."""
     return _fit(head, train_features, train_labels, dev_features, dev_labels, config,
                 learning_rate=config.head_learning_rate, epochs=config.head_epochs,
-                backup_dir=backup_dir, phase="phase 1 (head on cached features)")
+                backup_dir=backup_dir, phase="phase 1 (head on cached features)",
+                steps_per_execution=HEAD_STEPS_PER_EXECUTION)
 
 
 def fine_tune(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
@@ -166,12 +173,14 @@ def fine_tune(top: keras.Model, head: keras.Model, train_activations: np.ndarray
 
 def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
          dev_views: np.ndarray, dev_labels: np.ndarray, config: TrainConfig, *,
-         learning_rate: float, epochs: int, backup_dir: Path, phase: str) -> dict:
+         learning_rate: float, epochs: int, backup_dir: Path, phase: str,
+         steps_per_execution: int = 1) -> dict:
     """Compiles (after every change of `trainable`) and fits with early stopping and backup."""
     train_data, dev_data = cached_datasets(train_views, train_labels, dev_views, dev_labels,
                                            config, num_classes=model.output_shape[-1])
     model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
     callbacks = [early_stopping(config), keras.callbacks.BackupAndRestore(str(backup_dir))]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
@@ -216,6 +225,6 @@ def load_history(run_dir: Path) -> dict:
     return json.loads((run_dir / "train_history.json").read_text())
 
 
-__all__ = ["train", "train_head", "fine_tune", "class_weights", "model_image_size",
-           "frozen_base", "cache_features", "cached_datasets", "early_stopping", "FeatureCache",
-           "load_history"]
+__all__ = ["train", "train_head", "HEAD_STEPS_PER_EXECUTION", "fine_tune", "class_weights",
+           "model_image_size", "frozen_base", "cache_features", "cached_datasets",
+           "early_stopping", "FeatureCache", "load_history"]

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline import train
 from pipeline.config import ConfigError, ModelConfig, TrainConfig, load_config
 from pipeline.model import build_head
 from pipeline.train import class_weights, train_head
@@ -63,3 +64,26 @@ def test_a_head_trained_with_mixup_still_learns_separable_classes(tmp_path):
     history = train_head(head, features[None, :200], labels[:200], features[None, 200:],
                          labels[200:], config, tmp_path / "backup")
     assert max(history["val_accuracy"]) > 0.95
+
+
+def test_many_steps_per_execution_train_the_same_head_as_one(monkeypatch, tmp_path):
+    # 250 examples in batches of 16: 16 steps, the last one short; class weights and K=2 views
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 250)
+    features = (np.eye(3)[labels] + rng.normal(0, 1, (2, 250, 3))).astype("float16")
+    config = dataclasses.replace(TrainConfig(), batch_size=16, head_epochs=3,
+                                 class_weight="balanced")
+    results = []
+    for steps in (1, train.HEAD_STEPS_PER_EXECUTION):
+        monkeypatch.setattr(train, "HEAD_STEPS_PER_EXECUTION", steps)
+        keras.utils.set_random_seed(0)
+        head = build_head(3, 3, ModelConfig())
+        history = train_head(head, features, labels, features[:1, :50], labels[:50], config,
+                             tmp_path / f"backup{steps}")
+        results.append((history, head.get_weights()))
+    (one_history, one_weights), (many_history, many_weights) = results
+    assert many_history.keys() == one_history.keys()
+    for key, values in one_history.items():
+        assert many_history[key] == pytest.approx(values, rel=1e-5), key
+    for one, many in zip(one_weights, many_weights, strict=True):
+        np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6)
