@@ -77,7 +77,7 @@ def test_tfds_source_with_mock_data(tmp_path):
     assert data.images("dev").shape[1:] == (24, 24, 3)
 
 
-def test_tfds_without_network_is_a_clear_error(tmp_path, monkeypatch):
+def test_tfds_without_network_is_a_clear_error(tmp_path, monkeypatch, capsys):
     import tensorflow_datasets as tfds
 
     def no_network(*args, **kwargs):
@@ -88,6 +88,8 @@ def test_tfds_without_network_is_a_clear_error(tmp_path, monkeypatch):
     config = load_config("configs/flowers.yaml", [f"data.cache_dir={tmp_path}"]).data
     with pytest.raises(DatasetUnavailableError, match="needs a network connection"):
         prepare_data(config, tmp_path / "out")
+    # said before the download starts, which offline takes minutes to fail
+    assert "Downloading tfds dataset 'tf_flowers'" in capsys.readouterr().out
 
 
 def test_unknown_tfds_name(tmp_path):

@@ -37,6 +37,11 @@ def load_tfds(name: str, data_dir: Path, image_size: int) -> dict:
     except Exception as error:  # tfds raises many types for unknown names; re-raised clearly
         raise DatasetUnavailableError(f"Unknown tensorflow-datasets name '{name}': {error}. "
                                       f"Check data.tfds_name.") from None
+    if not builder.is_prepared():
+        # tfds retries a failed connection with growing pauses, so offline its error comes only
+        # after about 3.4 minutes (measured): say up front what the wait is
+        print(f"Downloading tfds dataset '{name}' into {data_dir} (first time only; it needs a "
+              f"network, and offline tfds gives up after about 3 minutes of retries).")
     try:
         builder.download_and_prepare()
     except Exception as error:  # download failures surface as many error types
