@@ -39,9 +39,9 @@ class BackboneSpec:
         unfreeze_from: first layer of the top blocks that phase 2 fine-tunes.
         offline_weights: True when the ImageNet weights need no network.
         extraction_engine: the faster engine for the frozen forward pass on a CPU,
-            "litert" or "tensorflow". Measured on 2 x86 cores at 160 px, batch 64, LiteRT over
-            TensorFlow: Lite0 1.81x, MobileNetV2 2.31x, EfficientNetB0 1.48x, ResNet50 0.99x,
-            InceptionV3 0.89x.
+            "litert" or "tensorflow". Measured on 2 x86 cores at 160 px, LiteRT (batches of
+            16) over TensorFlow (batches of 64): Lite0 2.14x, MobileNetV2 2.86x,
+            EfficientNetB0 1.88x, ResNet50 1.03x, InceptionV3 0.88x.
     """
 
     name: str
