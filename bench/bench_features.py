@@ -135,9 +135,10 @@ def bench_cached_head(
     * Extraction: `extract_features` of `views` augmented views (`keep_activations=True`, as
       when phase 2 runs) on the engine the product picks for the backbone (the spec's
       `extraction_engine`), and on TensorFlow for comparison, against a bare `tf.function` of
-      the base over the same number of pre-augmented float32 batches of the same batch size;
-      all are set up first, then run interleaved `repeats` times (the best of each counts) so
-      they see the same machine load. The setup (tracing; for LiteRT also the conversion and
+      the base over the same images pre-augmented, in float32 batches of the training batch
+      size (TensorFlow's fastest; LiteRT runs its own smaller batches); all are set up
+      first, then run interleaved `repeats` times (the best of each counts) so they see the
+      same machine load. The setup (tracing; for LiteRT also the conversion and
       its check against TensorFlow) is reported apart as `forward_setup_s`.
     * Phase 1: E end-to-end epochs (the first, which traces, as measured; the other E - 1 at
       the timed epoch's speed) against the forward pass's setup + extraction of K views +
