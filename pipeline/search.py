@@ -23,13 +23,14 @@ from tqdm import tqdm
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepare import PreparedData
-from pipeline.model import adam_with_decay, build_head
+from pipeline.model import build_head
 from pipeline.stages import write_json
 from pipeline.train import (
     HEAD_STEPS_PER_EXECUTION,
     cache_features,
     cached_datasets,
     class_weights,
+    compile_model,
     early_stopping,
     frozen_base,
 )
@@ -56,10 +57,8 @@ class HeadHyperModel(keras_tuner.HyperModel):
             self.config.model, l2=hp.Float("l2", *search.l2, sampling="log"),
             dropout=hp.Float("dropout", *search.dropout))
         head = build_head(self.num_classes, self.feature_dim, model_config)
-        head.compile(optimizer=adam_with_decay(learning_rate, self.steps_per_epoch,
-                                               self.config.train.decay_rate),
-                     loss="categorical_crossentropy", metrics=["accuracy"],
-                     steps_per_execution=HEAD_STEPS_PER_EXECUTION)
+        compile_model(head, learning_rate=learning_rate, steps_per_epoch=self.steps_per_epoch,
+                      config=self.config.train, steps_per_execution=HEAD_STEPS_PER_EXECUTION)
         return head
 
 

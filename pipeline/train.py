@@ -178,9 +178,8 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
     """Compiles (after every change of `trainable`) and fits with early stopping and backup."""
     train_data, dev_data = cached_datasets(train_views, train_labels, dev_views, dev_labels,
                                            config, num_classes=model.output_shape[-1])
-    model.compile(optimizer=adam_with_decay(learning_rate, len(train_data), config.decay_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution)
+    compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
+                  config=config, steps_per_execution=steps_per_execution)
     callbacks = [early_stopping(config), keras.callbacks.BackupAndRestore(str(backup_dir))]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
@@ -188,6 +187,15 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
                         callbacks=callbacks, class_weight=class_weights(train_labels, config),
                         verbose=1 if sys.stdout.isatty() else 2)
     return {key: [float(value) for value in values] for key, values in history.history.items()}
+
+
+def compile_model(model: keras.Model, *, learning_rate: float, steps_per_epoch: int,
+                  config: TrainConfig, steps_per_execution: int = 1) -> None:
+    """Compiles as both phases and the search train: Adam with exponential decay from
+    `learning_rate`, categorical cross-entropy on one-hot labels, accuracy."""
+    model.compile(optimizer=adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate),
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
 
 
 def cached_datasets(train_views: np.ndarray, train_labels: np.ndarray, dev_views: np.ndarray,
@@ -226,5 +234,5 @@ def load_history(run_dir: Path) -> dict:
 
 
 __all__ = ["train", "train_head", "HEAD_STEPS_PER_EXECUTION", "fine_tune", "class_weights",
-           "model_image_size", "frozen_base", "cache_features", "cached_datasets",
+           "model_image_size", "frozen_base", "cache_features", "cached_datasets", "compile_model",
            "early_stopping", "FeatureCache", "load_history"]
