@@ -218,6 +218,7 @@ def bench_cached_head(
         "extraction_vs_raw_forward_tensorflow_engine": extraction["raw_forward_s"] * views
         / extraction["extraction_tensorflow_s"],
         "extraction_engine": extraction["engine"],
+        "extraction_precision": extraction["precision"],
         "end_to_end_epoch_images_per_s": count / end_to_end_s,
         "cached_head_epoch_images_per_s": count / cached_s,
         "extraction_images_per_s": views * count / extraction["extraction_s"],
@@ -245,7 +246,8 @@ def _time_extraction(base: keras.Model, spec, images: np.ndarray, augmenter: Bat
     premade = [pad_batch(batch, batch_size)
                for batch in augmented_batches(images, augmenter, batch_size)]
     started = time.perf_counter()
-    forward = make_forward(bottom, top, batch_size=batch_size, engine=spec.extraction_engine)
+    forward = make_forward(bottom, top, batch_size=batch_size, engine=spec.extraction_engine,
+                           precision=TrainConfig().extraction_precision)
     forward(premade[0][:forward.batch_size])  # LiteRT runs smaller batches
     setup_s = time.perf_counter() - started
     forwards = {"extraction_s": forward,
@@ -273,7 +275,8 @@ def _time_extraction(base: keras.Model, spec, images: np.ndarray, augmenter: Bat
             pass
         timings["augment_s"].append(time.perf_counter() - started)
     return {name: min(values) for name, values in timings.items()} | {
-        "setup_s": setup_s, "pooled": pooled, "engine": forward.engine}
+        "setup_s": setup_s, "pooled": pooled, "engine": forward.engine,
+        "precision": forward.precision}
 
 
 def _train_augmenter(images: np.ndarray, chain: str | list[dict], image_size: int,
@@ -470,8 +473,9 @@ def _run_ours(data: dict, image_size: int, config: TrainConfig, weights: str) ->
     extract = {"keep_activations": False}
 
     clock = EpochClock()  # the engine's setup (LiteRT: conversion and its check) counts
-    forward = make_forward(*split_backbone(base, spec), batch_size=config.batch_size,
-                           engine=spec.extraction_engine)
+    bottom, top = split_backbone(base, spec)
+    forward = make_forward(bottom, top, batch_size=config.batch_size,
+                           engine=spec.extraction_engine, precision=config.extraction_precision)
     train_cache = extract_features(forward, train_images, augmenter, views=config.cached_views,
                                    description="Features (train)", **extract)
     dev_cache = extract_features(forward, dev_images, evaluation, views=1,
@@ -484,7 +488,8 @@ def _run_ours(data: dict, image_size: int, config: TrainConfig, weights: str) ->
                              dev_labels, config, Path(backup))
 
     test_images, test_labels = data["test"]
-    test_cache = extract_features(forward, test_images, evaluation, views=1,
+    exported = make_forward(bottom, top, batch_size=config.batch_size)  # as deployed: float32
+    test_cache = extract_features(exported, test_images, evaluation, views=1,
                                   description="Features (test)", **extract)
     predictions = head.predict(test_cache.pooled[0].astype("float32"), verbose=0).argmax(-1)
     augmenter.close()

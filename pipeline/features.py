@@ -24,9 +24,20 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline.inputs import augmented_batches, pad_batch
-from pipeline.litert import LiteRTModel, convert
+from pipeline.litert import (
+    PRECISIONS,
+    LiteRTFloat16Model,
+    LiteRTModel,
+    convert,
+    native_float16,
+)
 
 ENGINES = ("tensorflow", "litert")
+# The agreement check's bound on |LiteRT - TensorFlow|, as a share of the largest output (at
+# least 1): float32 round-off, and float16 arithmetic (Lite0 on random pixels, pooled features
+# and activations: 1.1% and 1.6% at 160 px, 6.5% and 1.1% at 32 px). A wrong conversion is
+# off by about the whole output.
+TOLERANCE = {"float32": 1e-3, "float16": 0.1}
 
 # LiteRT runs these networks fastest in small batches (their activations stay in the CPU's
 # caches). Images/s, batch 16 against 64, 160 px, 2 cores: Lite0 1.21x, MobileNetV2 1.22x,
@@ -57,11 +68,13 @@ class Forward:
 
     Attributes:
         engine: "tensorflow" or "litert", the engine that actually runs it.
+        precision: "float32", or "float16" when LiteRT runs it in half precision.
         batch_size: the one batch size it accepts (pad a short last batch).
         run: the callable behind it.
     """
 
     engine: str
+    precision: str
     batch_size: int
     run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -70,7 +83,7 @@ class Forward:
 
 
 def make_forward(bottom: keras.Model, top: keras.Model, *, batch_size: int,
-                 engine: str = "tensorflow") -> Forward:
+                 engine: str = "tensorflow", precision: str = "float32") -> Forward:
     """Compiles the frozen base's forward pass, returning (top-block input, pooled features).
 
     Args:
@@ -80,9 +93,12 @@ def make_forward(bottom: keras.Model, top: keras.Model, *, batch_size: int,
             and run by its XNNPACK kernels). LiteRT is checked against TensorFlow on one batch
             first; when it is not installed, cannot convert the model or disagrees, the pass
             falls back to TensorFlow and says why.
+        precision: LiteRT's arithmetic, "float32", "float16" (`LiteRTFloat16Model`) or "auto"
+            (float16 where the CPU has half-precision arithmetic, `native_float16`); float16
+            that fails or disagrees falls back to float32 and says why. TensorFlow runs float32.
 
     Returns:
-        A `Forward`; its `engine` says which engine runs it.
+        A `Forward`; its `engine` and `precision` say what actually runs it.
     """
     pool = keras.layers.GlobalAveragePooling2D()
 
@@ -96,30 +112,52 @@ def make_forward(bottom: keras.Model, top: keras.Model, *, batch_size: int,
         activations, pooled = function(tf.constant(batch))
         return activations.numpy(), pooled.numpy()
 
+    tensorflow = Forward("tensorflow", "float32", batch_size, run_tensorflow)
+    for name, value, known in (("engine", engine, ENGINES),
+                               ("precision", precision, ("auto", *PRECISIONS))):
+        if value not in known:
+            raise ValueError(f"Unknown {name} '{value}'. Expected one of: {', '.join(known)}. "
+                             f"Received: {name}={value!r}")
+    if precision == "auto":
+        precision = "float16" if native_float16() else "float32"
     if engine == "tensorflow":
-        return Forward("tensorflow", batch_size, run_tensorflow)
-    if engine != "litert":
-        raise ValueError(f"Unknown engine '{engine}'. Expected one of: {', '.join(ENGINES)}. "
-                         f"Received: engine={engine!r}")
-    litert_batch_size = min(batch_size, LITERT_BATCH_SIZE)
-    input_spec = tf.TensorSpec((litert_batch_size, *bottom.input.shape[1:]), tf.uint8)
+        return tensorflow
+    input_spec = tf.TensorSpec((min(batch_size, LITERT_BATCH_SIZE), *bottom.input.shape[1:]),
+                               tf.uint8)
+    return _litert_forward(function, run_tensorflow, input_spec, precision) or tensorflow
+
+
+def _litert_forward(function, run_tensorflow, input_spec: tf.TensorSpec,
+                    precision: str) -> Forward | None:
+    """`function` converted to LiteRT and checked against TensorFlow, in `precision` or else in
+    float32; None (having said why) when LiteRT cannot run it."""
     try:
-        model = LiteRTModel(convert(function, input_spec))
-        _check_agreement(model, run_tensorflow, input_spec)
+        converted = convert(function, input_spec)
     except Exception as error:  # noqa: BLE001  (any failure here only costs speed)
         print(f"LiteRT cannot run this backbone ({type(error).__name__}: {error}); "
               f"running it with TensorFlow instead (slower, same results).")
-        return Forward("tensorflow", batch_size, run_tensorflow)
-    return Forward("litert", litert_batch_size, model)
+        return None
+    for attempt in dict.fromkeys((precision, "float32")):  # float16 first, if asked for
+        try:
+            model = (LiteRTFloat16Model if attempt == "float16" else LiteRTModel)(converted)
+            _check_agreement(model, run_tensorflow, input_spec, TOLERANCE[attempt])
+            return Forward("litert", attempt, input_spec.shape[0], model)
+        except Exception as error:  # noqa: BLE001
+            fallback = ("in float32 instead" if attempt == "float16"
+                        else "with TensorFlow instead (slower, same results)")
+            print(f"LiteRT cannot run this backbone in {attempt} ({type(error).__name__}: "
+                  f"{error}); running it {fallback}.")
+    return None
 
 
-def _check_agreement(model: LiteRTModel, run_tensorflow, input_spec: tf.TensorSpec) -> None:
-    """Both engines must give the same outputs (to float32 round-off) on one random batch."""
+def _check_agreement(model, run_tensorflow, input_spec: tf.TensorSpec, tolerance: float) -> None:
+    """Both engines must give the same outputs, within `tolerance` of the largest output, on one
+    random batch."""
     batch = np.random.default_rng(0).integers(0, 256, input_spec.shape, dtype=np.uint8)
     for name, ours, reference in zip(("activations", "pooled features"), model(batch),
                                      run_tensorflow(batch), strict=True):
         scale = max(1.0, float(np.abs(reference).max()))
-        if ours.shape != reference.shape or np.abs(ours - reference).max() > 1e-3 * scale:
+        if ours.shape != reference.shape or np.abs(ours - reference).max() > tolerance * scale:
             raise ValueError(f"the converted model's {name} differ from TensorFlow's")
 
 

@@ -4,12 +4,24 @@ While a base is frozen nothing about it changes, so it can be handed to an infer
 LiteRT's XNNPACK kernels run the mobile backbones (depthwise convolutions) 1.9-2.9x faster than
 TensorFlow's graph on a 2-core x86 CPU; ResNet and Inception run about as fast either way. Which
 engine suits which backbone is `BackboneSpec.extraction_engine`; `pipeline.features` uses this.
+
+On CPUs with half-precision arithmetic (x86 AVX512-FP16, as in Intel Xeon since Sapphire Rapids;
+Arm FP16, as in Apple M-series and AWS Graviton) XNNPACK can also run the float32 model in
+float16 arithmetic (`LiteRTFloat16Model`): at 160 px on 2 such x86 cores, 1.64x as fast as in
+float32 for Lite0, 1.61x MobileNetV2, 1.75x EfficientNetB0, 1.27x ResNet50, 1.21x InceptionV3,
+with Lite0's features about 1.5% off float32's (the cache stores float16 in any case).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import importlib.util
 import os
+import platform
+import sys
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +42,12 @@ def convert(function: tf.types.experimental.PolymorphicFunction,
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], function).convert()
 
 
+PRECISIONS = ("float32", "float16")
+# XNNPACK delegate flags (tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h): its defaults
+# (quantized operators, signed and unsigned) plus IEEE half-precision inference, forced
+XNNPACK_FLAGS_FLOAT16 = 0x1 | 0x2 | 0x4
+
+
 def litert_available() -> bool:
     """Whether the LiteRT runtime (package `ai-edge-litert`) is installed."""
     return importlib.util.find_spec("ai_edge_litert") is not None
@@ -38,6 +56,31 @@ def litert_available() -> bool:
 def available_cpus() -> int:
     """CPU cores this process may run on (container and `taskset` limits included)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def native_float16() -> bool:
+    """Whether this CPU does half-precision arithmetic natively (x86 AVX512-FP16, Arm FP16),
+    so that XNNPACK's float16 kernels run faster than its float32 ones (elsewhere XNNPACK
+    would emulate them, slowly). Every Apple-silicon Mac has it; on Linux the CPU's flags say;
+    elsewhere False."""
+    machine = platform.machine().lower()
+    if sys.platform == "darwin":
+        return machine == "arm64"
+    flags = _cpu_flags()
+    return "avx512_fp16" in flags if machine in ("x86_64", "amd64") else "asimdhp" in flags
+
+
+def _cpu_flags() -> set[str]:
+    """The first CPU's feature flags from Linux's /proc/cpuinfo (x86 "flags", Arm "Features");
+    empty where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith(("flags", "features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 class LiteRTModel:
@@ -67,3 +110,81 @@ class LiteRTModel:
         self._interpreter.set_tensor(self._input, batch)
         self._interpreter.invoke()
         return tuple(self._interpreter.get_tensor(index) for index in self._outputs)
+
+
+class LiteRTFloat16Model:
+    """A converted float32 model run by XNNPACK in half precision (IEEE float16 arithmetic),
+    called like `LiteRTModel`. Needs LiteRT's CompiledModel API: the interpreter cannot pass
+    XNNPACK its flags.
+
+    Raises:
+        RuntimeError: if XNNPACK cannot run this model in float16 (with what LiteRT logged).
+    """
+
+    def __init__(self, model: bytes, *, threads: int | None = None):
+        with _native_log_kept_back("LiteRT could not compile the model in float16"):
+            from ai_edge_litert.compiled_model import CompiledModel
+            from ai_edge_litert.cpu_options import CpuOptions
+            from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+            from ai_edge_litert.options import Options
+
+            options = Options(HardwareAccelerator.CPU, cpu_options=CpuOptions(
+                num_threads=threads or available_cpus(), xnnpack_flags=XNNPACK_FLAGS_FLOAT16))
+            self._model = CompiledModel.from_buffer(model, environment=_cpu_environment(),
+                                                    options=options)
+            self._inputs = self._model.create_input_buffers(0)
+            self._outputs = self._model.create_output_buffers(0)
+            signature = self._model.get_signature_by_index(0)
+            details = self._model.get_output_tensor_details(signature["key"])
+            self._shapes = [tuple(details[name]["shape"]) for name in signature["outputs"]]
+            (spec,) = self._model.get_input_tensor_details(signature["key"]).values()
+            self(np.zeros(spec["shape"], spec["dtype"]))  # the first run sets up, and logs
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Runs one batch; its shape and dtype must be the converted input spec's."""
+        self._inputs[0].write(np.ascontiguousarray(batch))
+        self._model.run_by_index(0, self._inputs, self._outputs)
+        return tuple(buffer.read(int(np.prod(shape)), np.float32).reshape(shape)
+                     for buffer, shape in zip(self._outputs, self._shapes, strict=True))
+
+
+@functools.cache
+def _cpu_environment():
+    """One LiteRT environment for the process (each one registers its accelerators, and logs
+    doing so, again), for the CPU only: its plugin and dispatch paths hold no vendor (NPU)
+    libraries."""
+    from ai_edge_litert.environment import Environment
+
+    runtime = os.path.dirname(importlib.util.find_spec("ai_edge_litert").origin)
+    atexit.register(_native_log_silenced_at_exit)
+    return Environment.create(runtime_path=runtime, compiler_plugin_path=runtime,
+                              dispatch_library_path=runtime)
+
+
+def _native_log_silenced_at_exit() -> None:
+    """Tearing the environment down logs too, after everything else; Python has printed any
+    traceback by the time exit handlers run."""
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+
+@contextlib.contextmanager
+def _native_log_kept_back(failure: str):
+    """LiteRT's runtime logs a dozen INFO lines straight to the process's stderr while it sets
+    up (accelerator registry, XNNPACK); they reach the user only inside the error, if setup
+    fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except Exception as error:
+            os.dup2(saved, 2)
+            log.seek(0)
+            said = log.read().decode(errors="replace").strip()[-2000:]
+            raise RuntimeError(f"{failure}: {error}" + (f"\nLiteRT logged:\n{said}" if said
+                                                        else "")) from error
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -49,7 +49,7 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     Returns:
         {"history": per-epoch metrics of both phases, "timings": seconds per step,
          "phase_boundaries": epochs at which phase 2 began, "image_size": the model's input
-         side, "extraction_engine": what ran the frozen base}
+         side, "extraction_engine" and "extraction_precision": what ran the frozen base}
     """
     keras.utils.set_random_seed(config.train.seed)
     spec = get_backbone_spec(config.model.backbone)
@@ -58,7 +58,7 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
-    train_cache, dev_cache, engine = cache_features(
+    train_cache, dev_cache, forward = cache_features(
         config, data, run_dir, bottom, top, keep_activations=config.train.fine_tune_epochs > 0)
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
@@ -85,7 +85,8 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     with atomic_path(run_dir / "model.keras") as path:
         model.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": model_image_size(config), "extraction_engine": engine}
+              "image_size": model_image_size(config), "extraction_engine": forward.engine,
+              "extraction_precision": forward.precision}
     write_json(run_dir / "train_history.json", result)
     return result
 
@@ -116,7 +117,7 @@ def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, 
     """The frozen base's outputs for K augmented views of train and the plain view of dev.
 
     Returns:
-        (train cache, dev cache, the engine that ran the base); the PCA colour shift fitted on
+        (train cache, dev cache, the `Forward` that ran the base); the PCA colour shift fitted on
         the way, if the chain uses it, is saved as `run_dir/color_pca.json`.
     """
     image_size = model_image_size(config)
@@ -129,8 +130,10 @@ def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, 
     engine = config.train.extraction_engine
     if engine == "auto":
         engine = get_backbone_spec(config.model.backbone).extraction_engine
-    forward = make_forward(bottom, top, batch_size=config.train.batch_size, engine=engine)
-    print(f"Feature extraction runs on {forward.engine} ({available_cpus()} CPU cores).")
+    forward = make_forward(bottom, top, batch_size=config.train.batch_size, engine=engine,
+                           precision=config.train.extraction_precision)
+    print(f"Feature extraction runs on {forward.engine} in {forward.precision} "
+          f"({available_cpus()} CPU cores).")
     train_cache = extract_features(forward, data.images("train"), train_augmenter,
                                    views=config.train.cached_views,
                                    keep_activations=keep_activations,
@@ -139,7 +142,7 @@ def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, 
     dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
                                  keep_activations=keep_activations,
                                  description="Features (dev)")
-    return train_cache, dev_cache, forward.engine
+    return train_cache, dev_cache, forward
 
 
 # A head step on cached features takes a few milliseconds, as much as Keras' own work per step

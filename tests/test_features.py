@@ -16,6 +16,7 @@ from pipeline.backbones import (
 )
 from pipeline.features import ENGINES, extract_features, make_forward
 from pipeline.inputs import CachedViews, augmented_batches, pad_batch
+from pipeline.litert import native_float16
 
 SIZE = 32
 
@@ -154,6 +155,44 @@ def test_litert_falls_back_to_tensorflow_and_says_why(lite0_base, images, monkey
     assert ("ai_edge_litert" if failure == "missing runtime" else "differ") in message
     expected = make_forward(bottom, top, batch_size=4, engine="tensorflow")(images[:4])
     np.testing.assert_array_equal(forward(images[:4])[1], expected[1])
+
+
+@pytest.mark.skipif(not native_float16(), reason="this CPU has no half-precision arithmetic")
+def test_litert_in_float16_stays_within_its_tolerance_of_tensorflow(lite0_base, images):
+    _, (bottom, top) = lite0_base
+    half = make_forward(bottom, top, batch_size=8, engine="litert", precision="float16")
+    assert (half.engine, half.precision) == ("litert", "float16")
+    reference = make_forward(bottom, top, batch_size=8, engine="tensorflow")(images[:8])
+    for ours, expected in zip(half(images[:8]), reference, strict=True):
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert np.abs(ours - expected).max() <= features.TOLERANCE["float16"] * scale
+        assert not np.allclose(ours, expected, rtol=1e-4, atol=1e-4)  # not float32 after all
+
+
+def test_float16_that_disagrees_falls_back_to_float32_and_says_why(lite0_base, images,
+                                                                    monkeypatch, capsys):
+    _, (bottom, top) = lite0_base
+
+    class WrongHalf:  # float16 kernels that silently broke the network
+        def __init__(self, model):
+            self.model = features.LiteRTModel(model)
+
+        def __call__(self, batch):
+            return tuple(output * 1.5 for output in self.model(batch))
+    monkeypatch.setattr(features, "LiteRTFloat16Model", WrongHalf)
+    forward = make_forward(bottom, top, batch_size=4, engine="litert", precision="float16")
+    assert (forward.engine, forward.precision) == ("litert", "float32")
+    assert "in float16 (ValueError: the converted model's activations differ" in \
+        capsys.readouterr().out
+    expected = make_forward(bottom, top, batch_size=4, engine="tensorflow")(images[:4])
+    np.testing.assert_allclose(forward(images[:4])[1], expected[1], rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_precision_is_refused(lite0_base):
+    _, (bottom, top) = lite0_base
+    with pytest.raises(ValueError, match="Unknown precision 'bfloat16'. Expected one of: "
+                                         "auto, float32, float16"):
+        make_forward(bottom, top, batch_size=4, engine="litert", precision="bfloat16")
 
 
 def test_an_unknown_engine_is_refused(lite0_base):

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.litert import native_float16
 from pipeline.model import read_class_names
 from pipeline.run import STAGES, run_stages
 from pipeline.stages import read_lock
@@ -49,8 +50,12 @@ def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
     assert f"Run folder: {run_dir}" in output and "Exported model:" in output
     assert set(read_lock(run_dir)) == set(STAGES)
     # Lite0 is a backbone the registry sends to LiteRT, and nothing made it fall back
-    assert "Feature extraction runs on litert" in output
-    assert json.loads((run_dir / "train_history.json").read_text())["extraction_engine"] == "litert"
+    # (in float16 where the CPU has half-precision arithmetic: extraction_precision "auto")
+    precision = "float16" if native_float16() else "float32"
+    assert f"Feature extraction runs on litert in {precision}" in output
+    history = json.loads((run_dir / "train_history.json").read_text())
+    assert (history["extraction_engine"], history["extraction_precision"]) == ("litert",
+                                                                               precision)
 
 
 def test_fresh_stages_are_skipped_and_changed_ones_rerun(tiny_config, capsys):
