@@ -92,9 +92,13 @@ def test_compare_augmentation_skips_without_the_folder(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not FLOWERS.is_dir(), reason="flowers128 photos not present")
 def test_augmentation_does_not_hurt_with_a_tenth_of_the_training_data():
-    # Seeds 0, 1, 2 gave +5.7, +6.0, +0.6 points with this schedule (257 training photos,
-    # 897 test photos: one point is 9 photos); with the default, underfitting head schedule
-    # -1.0, +0.3, -1.6 (see SMALL_DATA_SCHEDULE).
-    result = compare_augmentation(FLOWERS, 0.1, overrides=SMALL_DATA_SCHEDULE)
-    print(result)
-    assert result["augmentation_effect_points"] > -1.0, result
+    # 257 training photos, 897 test photos (one point is 9 photos): one seed's effect swings by
+    # several points, so the mean over 3 seeds counts. With the folder recipe as tuned since,
+    # and float16 features: -3.8, +2.5, -0.5 points (mean -0.6); seed 0 with float32 features
+    # -0.6. (An earlier recipe gave +5.7, +6.0, +0.6; with the default, underfitting head
+    # schedule -1.0, +0.3, -1.6: see SMALL_DATA_SCHEDULE.)
+    effects = [compare_augmentation(FLOWERS, 0.1, overrides=(*SMALL_DATA_SCHEDULE,
+                                                             f"train.seed={seed}"))
+               ["augmentation_effect_points"] for seed in (0, 1, 2)]
+    print(f"augmentation effect by seed, points: {effects}")
+    assert np.mean(effects) > -1.0, effects

@@ -89,4 +89,5 @@ def test_folder_recipe_reaches_its_accuracy_and_exports(tmp_path):
         accuracies[seed] = {split: round(metrics[split]["accuracy"], 4)
                             for split in ("train", "dev", "test")}
     mean_test = sum(run["test"] for run in accuracies.values()) / len(SEEDS)
+    print(f"accuracies by seed: {accuracies}")  # shown with pytest -rP
     assert mean_test >= MIN_MEAN_TEST_ACCURACY, accuracies
