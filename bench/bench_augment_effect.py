@@ -120,13 +120,23 @@ def subsample_train(data: PreparedData, fraction: float, directory: Path, *,
     return PreparedData(directory, data.class_names)
 
 
-def _train_and_test(config: ExperimentConfig, data: PreparedData) -> dict[str, float]:
-    started = time.perf_counter()
-    history = train(config, data, config.run_dir)["history"]
+def train_and_test(config: ExperimentConfig, data: PreparedData) -> tuple[dict, float]:
+    """Trains with `pipeline.train.train` and tests the saved model, as the evaluate stage does.
+
+    Returns:
+        (what `train` returned, test accuracy)
+    """
+    result = train(config, data, config.run_dir)
     model = keras.models.load_model(config.run_dir / "model.keras")
     predictions = predict_array(model, data.images("test")).argmax(-1)
-    return {"test_accuracy": float(np.mean(predictions == data.labels("test"))),
-            "best_dev_accuracy": max(history["val_accuracy"]),
+    return result, float(np.mean(predictions == data.labels("test")))
+
+
+def _train_and_test(config: ExperimentConfig, data: PreparedData) -> dict[str, float]:
+    started = time.perf_counter()
+    result, test_accuracy = train_and_test(config, data)
+    return {"test_accuracy": test_accuracy,
+            "best_dev_accuracy": max(result["history"]["val_accuracy"]),
             "seconds": time.perf_counter() - started}
 
 

@@ -175,7 +175,8 @@ def bench_cached_head(
     augmenter = _train_augmenter(images, chain or AugmentConfig().chain, image_size, seed)
     num_classes = int(labels.max()) + 1
 
-    extraction = _time_extraction(base, spec, images, augmenter, views, batch_size, repeats)
+    extraction = _time_extraction(base, spec, images, augmenter, views, batch_size, repeats,
+                                  train_config.extraction_precision)
     cached_clock = EpochClock()
     head = build_head(num_classes, extraction["pooled"].shape[-1], ModelConfig())
     _compile(head, len(images), batch_size, steps_per_execution=HEAD_STEPS_PER_EXECUTION)
@@ -239,15 +240,15 @@ def bench_cached_head(
 
 
 def _time_extraction(base: keras.Model, spec, images: np.ndarray, augmenter: BatchAugmenter,
-                     views: int, batch_size: int, repeats: int) -> dict:
-    """Best-of-`repeats` seconds of extraction (K views) on the spec's engine and on TensorFlow,
-    of the raw forward and of augmentation (1 view)."""
+                     views: int, batch_size: int, repeats: int, precision: str) -> dict:
+    """Best-of-`repeats` seconds of extraction (K views) on the spec's engine in `precision` and
+    on TensorFlow, of the raw forward and of augmentation (1 view)."""
     bottom, top = split_backbone(base, spec)
     premade = [pad_batch(batch, batch_size)
                for batch in augmented_batches(images, augmenter, batch_size)]
     started = time.perf_counter()
     forward = make_forward(bottom, top, batch_size=batch_size, engine=spec.extraction_engine,
-                           precision=TrainConfig().extraction_precision)
+                           precision=precision)
     forward(premade[0][:forward.batch_size])  # LiteRT runs smaller batches
     setup_s = time.perf_counter() - started
     forwards = {"extraction_s": forward,

@@ -27,13 +27,9 @@ from matplotlib.figure import Figure
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls the network otherwise
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-
-from bench.bench_augment_effect import FLOWERS  # noqa: E402
+from bench.bench_augment_effect import FLOWERS, train_and_test  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.prepare import load_prepared, prepare_data  # noqa: E402
-from pipeline.predict import predict_array  # noqa: E402
-from pipeline.train import train  # noqa: E402
 
 OUTPUT_DIR = Path("runs/bench")
 
@@ -86,15 +82,13 @@ def compare_views(
 
 
 def _train_and_test(config, data) -> dict[str, float]:
-    result = train(config, data, config.run_dir)
+    result, test_accuracy = train_and_test(config, data)
     dev = result["history"]["val_accuracy"]
     phase1_epochs = result["phase_boundaries"][0] if result["phase_boundaries"] else len(dev)
-    model = keras.models.load_model(config.run_dir / "model.keras")
-    predictions = predict_array(model, data.images("test")).argmax(-1)
     timings = result["timings"]
     return {"phase1_best_dev_accuracy": max(dev[:phase1_epochs]),
             "best_dev_accuracy": max(dev),
-            "test_accuracy": float(np.mean(predictions == data.labels("test"))),
+            "test_accuracy": test_accuracy,
             "extract_features_s": timings["extract_features_s"],
             "phase1_head_s": timings["phase1_head_s"],
             "phase2_fine_tune_s": timings.get("phase2_fine_tune_s", 0.0)}

@@ -137,10 +137,12 @@ def _litert_forward(function, run_tensorflow, input_spec: tf.TensorSpec,
         print(f"LiteRT cannot run this backbone ({type(error).__name__}: {error}); "
               f"running it with TensorFlow instead (slower, same results).")
         return None
+    batch = np.random.default_rng(0).integers(0, 256, input_spec.shape, dtype=np.uint8)
+    reference = run_tensorflow(batch)
     for attempt in dict.fromkeys((precision, "float32")):  # float16 first, if asked for
         try:
             model = (LiteRTFloat16Model if attempt == "float16" else LiteRTModel)(converted)
-            _check_agreement(model, run_tensorflow, input_spec, TOLERANCE[attempt])
+            _check_agreement(model(batch), reference, TOLERANCE[attempt])
             return Forward("litert", attempt, input_spec.shape[0], model)
         except Exception as error:  # noqa: BLE001
             fallback = ("in float32 instead" if attempt == "float16"
@@ -150,14 +152,14 @@ def _litert_forward(function, run_tensorflow, input_spec: tf.TensorSpec,
     return None
 
 
-def _check_agreement(model, run_tensorflow, input_spec: tf.TensorSpec, tolerance: float) -> None:
-    """Both engines must give the same outputs, within `tolerance` of the largest output, on one
-    random batch."""
-    batch = np.random.default_rng(0).integers(0, 256, input_spec.shape, dtype=np.uint8)
-    for name, ours, reference in zip(("activations", "pooled features"), model(batch),
-                                     run_tensorflow(batch), strict=True):
-        scale = max(1.0, float(np.abs(reference).max()))
-        if ours.shape != reference.shape or np.abs(ours - reference).max() > tolerance * scale:
+def _check_agreement(outputs: tuple[np.ndarray, ...], reference: tuple[np.ndarray, ...],
+                     tolerance: float) -> None:
+    """LiteRT's outputs must equal TensorFlow's on the same batch, within `tolerance` of the
+    largest output."""
+    for name, ours, expected in zip(("activations", "pooled features"), outputs, reference,
+                                    strict=True):
+        scale = max(1.0, float(np.abs(expected).max()))
+        if ours.shape != expected.shape or np.abs(ours - expected).max() > tolerance * scale:
             raise ValueError(f"the converted model's {name} differ from TensorFlow's")
 
 

@@ -31,7 +31,7 @@ from pipeline.augment import (
 from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
 from pipeline.config import ExperimentConfig, TrainConfig
 from pipeline.data.prepare import PreparedData
-from pipeline.features import FeatureCache, extract_features, make_forward
+from pipeline.features import FeatureCache, Forward, extract_features, make_forward
 from pipeline.inputs import CachedViews
 from pipeline.litert import available_cpus
 from pipeline.model import adam_with_decay, assemble_classifier, build_head
@@ -113,7 +113,7 @@ def frozen_base(config: ExperimentConfig) -> tuple[keras.Model, keras.Model, ker
 
 
 def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, bottom, top,
-                   *, keep_activations: bool) -> tuple[FeatureCache, FeatureCache, str]:
+                   *, keep_activations: bool) -> tuple[FeatureCache, FeatureCache, Forward]:
     """The frozen base's outputs for K augmented views of train and the plain view of dev.
 
     Returns:
