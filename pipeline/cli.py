@@ -22,20 +22,36 @@ COMMANDS = ("data", "preview", "train", "evaluate", "export", "all", "predict", 
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Parses `<stage> [--options] [section.key=value ...]` in any order.
+
+    The stage is the one word without "="; every word with "=" is a config override, so
+    `python -m pipeline --config X train.head_epochs=5 train` and
+    `python -m pipeline train --config X train.head_epochs=5` mean the same.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
-        description="Staged transfer learning: data -> preview -> train -> evaluate -> export.")
-    parser.add_argument("command", choices=COMMANDS,
-                        help="a stage; 'all' runs every stage, skipping those that are "
-                             "fresh; 'search' tries random head hyperparameters on dev")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. train.head_epochs=5")
+        usage=f"python -m pipeline {{{','.join(COMMANDS)}}} [--config FILE] [--force] "
+              "[section.key=value ...]",
+        description="Staged transfer learning: data -> preview -> train -> evaluate -> export. "
+                    "Commands: 'all' runs every stage, skipping those that are fresh; 'search' "
+                    "tries random head hyperparameters on dev.")
+    parser.add_argument("words", nargs="*", metavar="command | section.key=value",
+                        help=f"one command ({', '.join(COMMANDS)}) and any config overrides, "
+                             "e.g. train.head_epochs=5, in any order")
     parser.add_argument("--config", default="configs/default.yaml", help="YAML experiment file")
     parser.add_argument("--force", action="store_true", help="rerun stages even if fresh")
     parser.add_argument("--images", help="predict: an image file or a folder of images")
     parser.add_argument("--model", help="predict: an exported model folder (default: "
                                         "<models_dir>/<run name>)")
-    return parser.parse_intermixed_args(argv)
+    arguments = parser.parse_intermixed_args(argv)
+    commands = [word for word in arguments.words if "=" not in word]
+    arguments.overrides = [word for word in arguments.words if "=" in word]
+    if len(commands) != 1 or commands[0] not in COMMANDS:
+        received = " ".join(commands) or "none"
+        parser.error(f"expected one command among {', '.join(COMMANDS)}, and overrides as "
+                     f"section.key=value. Received command: {received}")
+    arguments.command = commands[0]
+    return arguments
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -37,7 +37,16 @@ class DataConfig:
             tensorflow-datasets image classification dataset, downloaded on first use).
         path: the folder for "folder"; the IDX folder for "fashion_mnist".
         tfds_name: the tensorflow-datasets name for "tfds", e.g. "tf_flowers".
-        image_size: images are stored square at this size (shorter side resized, centre crop).
+        image_size: images are stored square at this size (shorter side resized, centre crop);
+            "auto" follows the photos (`pipeline.data.prepare.auto_image_size`): about 1.25x
+            the median shorter side of small photos, the backbone's native size for ordinary
+            ones.
+        layout: "auto" recognises one folder per class or split folders (`train/`, `val/`,
+            `test/`, `training_set/`, `seg_test/` ... or any top-level folders that hold the
+            same class folders); "class_folders" never looks for splits; "split_folders"
+            insists on them.
+        split_folders: names the split folders when their names do not say which is which,
+            e.g. {train: part1, test: part2}; splits not given are carved from train.
         split_ratios: train/dev/test fractions; empty means "follow the dataset's size".
         split_by: "content" hashes the file bytes (duplicates share a split), "path" the path.
         on_bad_file: "skip" reports unreadable files and goes on; "error" stops at the first.
@@ -49,7 +58,9 @@ class DataConfig:
     source: str = "fashion_mnist"
     path: str = "/usr/share/datasets/fashion-mnist"
     tfds_name: str = ""
-    image_size: int = 160
+    image_size: int | Literal["auto"] = 160
+    layout: Literal["auto", "class_folders", "split_folders"] = "auto"
+    split_folders: dict[str, str] = field(default_factory=dict)
     split_ratios: tuple[float, ...] = ()
     split_by: str = "content"
     on_bad_file: str = "skip"
@@ -81,14 +92,15 @@ class ModelConfig:
     Attributes:
         backbone: a name from `pipeline.backbones.list_backbones()`.
         weights: "imagenet", "none", or a path to a local `.weights.h5` file.
-        image_size: model input size; 0 takes the backbone's default.
+        image_size: model input size; 0 takes the backbone's default, "auto" the size the data
+            stage stored the images at (`data.image_size`, which may itself be "auto").
         dropout: dropout rate before the new softmax layer.
         l2: L2 weight penalty on the new softmax layer's kernel.
     """
 
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
-    image_size: int = 0
+    image_size: int | Literal["auto"] = 0
     dropout: float = 0.2
     l2: float = 1e-4
 
@@ -145,7 +157,8 @@ class EvaluateConfig:
     Attributes:
         baseline_error: the error you consider unavoidable (human-level or Bayes error proxy);
             avoidable bias is measured against it.
-        train_error_examples: training examples used to measure train error (0 = all).
+        train_error_examples: about this many training examples, a stratified random sample,
+            measure train error (0 = all).
     """
 
     baseline_error: float = 0.0
@@ -323,12 +336,22 @@ def _unknown_key_message(key: str, valid: list[str], prefix: str) -> str:
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Checks one value against its annotated type, allowing int -> float and list -> tuple."""
-    if isinstance(kind, types.UnionType):
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise _choice_error(key, value, typing.get_args(kind))
+        return value
+    if isinstance(kind, types.UnionType) or origin is typing.Union:
         for option in typing.get_args(kind):
             if _matches(value, option):
                 return _coerce(key, value, option)
         raise _type_error(key, value, kind)
-    origin = typing.get_origin(kind)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, kind)
+        key_kind, value_kind = typing.get_args(kind)
+        return {_coerce(key, name, key_kind): _coerce(f"{key}.{name}", item, value_kind)
+                for name, item in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _type_error(key, value, kind)
@@ -354,6 +377,8 @@ def _float_or_text(text: str) -> float | str:
 
 def _matches(value: Any, kind: Any) -> bool:
     origin = typing.get_origin(kind) or kind
+    if origin is Literal:
+        return value in typing.get_args(kind)
     if origin is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if origin is int:
@@ -365,8 +390,23 @@ def _matches(value: Any, kind: Any) -> bool:
     return isinstance(value, origin)
 
 
+def _describe(kind: Any) -> str:
+    """A type as a user reads it: "int or 'auto'", "list", "str"."""
+    origin = typing.get_origin(kind)
+    if origin is Literal:
+        return " or ".join(repr(value) for value in typing.get_args(kind))
+    if isinstance(kind, types.UnionType) or origin is typing.Union:
+        return " or ".join(_describe(option) for option in typing.get_args(kind))
+    return getattr(origin or kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _choice_error(key: str, value: Any, allowed: tuple) -> ConfigError:
+    return ConfigError(f"Config key '{key}' must be one of: {', '.join(map(str, allowed))}. "
+                       f"Received: {value!r}.")
+
+
 def _type_error(key: str, value: Any, kind: Any) -> ConfigError:
-    expected = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    expected = _describe(kind)
     return ConfigError(f"Config key '{key}' expects {expected}. Received: {value!r} "
                        f"({type(value).__name__}).")
 
@@ -381,7 +421,7 @@ def _validate(config: ExperimentConfig) -> None:
             raise ConfigError(f"Config key '{key}' must be one of: {', '.join(allowed)}. "
                               f"Received: {flat[key]!r}.")
     for key in POSITIVE:
-        if flat[key] <= 0:
+        if not isinstance(flat[key], str) and flat[key] <= 0:
             raise ConfigError(f"Config key '{key}' must be positive. Received: {flat[key]!r}.")
     for key in FRACTIONS:
         if not 0.0 <= flat[key] < 1.0 and not (key == "train.decay_rate" and flat[key] == 1.0):

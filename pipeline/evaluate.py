@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.splits import stratified_sample
+
 SPLITS = ("train", "dev", "test")
 TOP_K = 5
 # Gaps are differences of floats: 0.07 - 0.05 is 0.020000000000000004, which must not count
@@ -81,6 +83,18 @@ def predict_dataset(model: Any, dataset: Iterable) -> tuple[np.ndarray, np.ndarr
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def train_error_sample(labels: np.ndarray, count: int) -> np.ndarray:
+    """The training examples on which train error is measured: all of them, or a stratified
+    random sample of about `count` (seeded, so every evaluation of a run uses the same).
+
+    A first-`count` subset would do for shuffled data, but the folder source stores images
+    sorted by class, and the verdict would then speak for the first classes only.
+    """
+    if not count or count >= len(labels):
+        return np.arange(len(labels))
+    return stratified_sample(labels, count / len(labels), seed=0)
 
 
 def classification_metrics(

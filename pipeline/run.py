@@ -110,9 +110,12 @@ class StageOrderError(RuntimeError):
 
 
 def _data(config: ExperimentConfig, run_dir: Path) -> list[str]:
+    from pipeline.backbones import get_backbone_spec
     from pipeline.data.prepare import prepare_data
 
-    prepare_data(config.data, run_dir / "data")
+    spec = get_backbone_spec(config.model.backbone)
+    prepare_data(config.data, run_dir / "data",
+                 auto_size_range=(spec.min_image_size, spec.default_image_size))
     return ["data/dataset.json"]
 
 
@@ -123,7 +126,7 @@ def _preview(config: ExperimentConfig, run_dir: Path) -> list[str]:
 
     data = load_prepared(run_dir / "data")
     images, labels = data.images("train"), data.labels("train")
-    transform = build_train_transform(config.augment.chain, model_image_size(config),
+    transform = build_train_transform(config.augment.chain, model_image_size(config.model, data),
                                       color_pca=color_pca_for(config, data))
     count = min(config.augment.preview_images, len(labels))
     chosen = np.random.default_rng(config.train.seed).choice(len(labels), count, replace=False)
@@ -153,6 +156,7 @@ def _evaluate(config: ExperimentConfig, run_dir: Path) -> list[str]:
         diagnose_bias_variance,
         format_metrics_table,
         format_per_class_table,
+        train_error_sample,
     )
     from pipeline.predict import predict_array
     from pipeline.train import load_history
@@ -162,9 +166,9 @@ def _evaluate(config: ExperimentConfig, run_dir: Path) -> list[str]:
     metrics = {}
     for split in ("train", "dev", "test"):
         images, labels = data.images(split), data.labels(split)
-        if split == "train" and config.evaluate.train_error_examples:
-            # Train error on a fixed, stable subset: enough for a bias/variance diagnosis.
-            keep = np.arange(min(config.evaluate.train_error_examples, len(labels)))
+        if split == "train":
+            # Train error on a stable stratified sample: enough for a bias/variance diagnosis.
+            keep = train_error_sample(labels, config.evaluate.train_error_examples)
             images, labels = images[keep], labels[keep]
         started = time.perf_counter()
         probabilities = predict_array(model, images, description=f"Evaluating ({split})")

@@ -33,6 +33,7 @@ from pipeline.train import (
     compile_model,
     early_stopping,
     frozen_base,
+    model_image_size,
 )
 
 # hyperparameter -> the config key it sets
@@ -89,7 +90,7 @@ def search_head(config: ExperimentConfig, data: PreparedData, run_dir: Path,
          "best_overrides": ["train.head_learning_rate=...", ...]}
     """
     keras.utils.set_random_seed(config.train.seed)
-    _, bottom, top = frozen_base(config)
+    _, bottom, top = frozen_base(config.model, model_image_size(config.model, data))
     train_cache, dev_cache, _ = cache_features(config, data, run_dir, bottom, top,
                                                keep_activations=False)
     num_classes = len(data.class_names)

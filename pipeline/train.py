@@ -29,7 +29,7 @@ from pipeline.augment import (
     resolve_chain,
 )
 from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
-from pipeline.config import ExperimentConfig, TrainConfig
+from pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
 from pipeline.data.prepare import PreparedData
 from pipeline.features import FeatureCache, Forward, extract_features, make_forward
 from pipeline.inputs import CachedViews
@@ -38,9 +38,12 @@ from pipeline.model import adam_with_decay, assemble_classifier, build_head
 from pipeline.stages import atomic_path, write_json
 
 
-def model_image_size(config: ExperimentConfig) -> int:
-    """The model's input size: the config's, or the backbone spec's default."""
-    return config.model.image_size or get_backbone_spec(config.model.backbone).default_image_size
+def model_image_size(model: ModelConfig, data: PreparedData) -> int:
+    """The model's input size: the config's; "auto", the size the data stage stored; 0, the
+    backbone spec's default."""
+    if model.image_size == "auto":
+        return data.image_size
+    return model.image_size or get_backbone_spec(model.backbone).default_image_size
 
 
 def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
@@ -53,7 +56,7 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     """
     keras.utils.set_random_seed(config.train.seed)
     spec = get_backbone_spec(config.model.backbone)
-    base, bottom, top = frozen_base(config)
+    base, bottom, top = frozen_base(config.model, model_image_size(config.model, data))
     timings = {}
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
@@ -85,8 +88,8 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
     with atomic_path(run_dir / "model.keras") as path:
         model.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": model_image_size(config), "extraction_engine": forward.engine,
-              "extraction_precision": forward.precision}
+              "image_size": model_image_size(config.model, data),
+              "extraction_engine": forward.engine, "extraction_precision": forward.precision}
     write_json(run_dir / "train_history.json", result)
     return result
 
@@ -99,15 +102,15 @@ def color_pca_for(config: ExperimentConfig, data: PreparedData):
     return fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
 
 
-def frozen_base(config: ExperimentConfig) -> tuple[keras.Model, keras.Model, keras.Model]:
+def frozen_base(model: ModelConfig,
+                image_size: int) -> tuple[keras.Model, keras.Model, keras.Model]:
     """The config's backbone with pretrained weights, frozen, and cut where its top blocks begin.
 
     Returns:
         (base, bottom, top) from `create_backbone` and `split_backbone`; they share weights.
     """
-    spec = get_backbone_spec(config.model.backbone)
-    base = create_backbone(spec.name, weights=config.model.weights,
-                           image_size=model_image_size(config))
+    spec = get_backbone_spec(model.backbone)
+    base = create_backbone(spec.name, weights=model.weights, image_size=image_size)
     freeze_backbone(base, spec, unfreeze_top=False)
     return base, *split_backbone(base, spec)
 
@@ -120,7 +123,7 @@ def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, 
         (train cache, dev cache, the `Forward` that ran the base); the PCA colour shift fitted on
         the way, if the chain uses it, is saved as `run_dir/color_pca.json`.
     """
-    image_size = model_image_size(config)
+    image_size = model_image_size(config.model, data)
     color_pca = color_pca_for(config, data)
     if color_pca is not None:
         color_pca.save(run_dir / "color_pca.json")

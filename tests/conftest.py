@@ -1,12 +1,14 @@
 """Shared pytest fixtures.
 
 `image_file_factory` writes real image files, good and bad, under `tmp_path / "images"`
-(generated with Pillow and numpy, never checked-in binaries).
+(generated with Pillow and numpy, never checked-in binaries). `copy_photos` fills class
+folders with real flowers128 photos, or generated JPEGs where flowers128 is absent.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -16,6 +18,29 @@ import pytest
 from PIL import Image
 
 _EXIF_ORIENTATION_TAG = 0x0112
+FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
+"""Real photos kept beside the project (never inside it); absent on a fresh clone."""
+
+
+def copy_photos(folder: Path, per_class: int, *, offset: int = 0) -> list[str]:
+    """Writes `folder/<class>/*.jpg`: `per_class` real flowers128 photos of each class (the
+    `offset`-th onwards, in name order), or generated JPEGs of three colour classes when
+    flowers128 is absent. Returns the class names."""
+    if FLOWERS.is_dir():
+        classes = sorted(path.name for path in FLOWERS.iterdir() if path.is_dir())
+        for name in classes:
+            (folder / name).mkdir(parents=True)
+            for path in sorted((FLOWERS / name).glob("*.jpg"))[offset:offset + per_class]:
+                shutil.copy(path, folder / name / path.name)
+        return classes
+    classes = ["blue", "green", "red"]
+    for channel, name in zip((2, 1, 0), classes, strict=True):
+        (folder / name).mkdir(parents=True)
+        for index in range(offset, offset + per_class):
+            pixels = np.random.default_rng(index).integers(0, 96, (96, 128, 3), dtype=np.uint8)
+            pixels[..., channel] += 150
+            Image.fromarray(pixels).save(folder / name / f"{index}.jpg", quality=90)
+    return classes
 
 
 def encode_png(samples: np.ndarray, bit_depth: int, color_type: int) -> bytes:

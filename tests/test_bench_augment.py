@@ -75,7 +75,7 @@ def test_subsample_train_keeps_a_share_of_every_class(tmp_path):
         images = np.arange(len(split_labels), dtype=np.uint8)[:, None, None, None]
         np.save(source / f"{split}_images.npy", np.broadcast_to(images, (len(split_labels),
                                                                          2, 2, 3)))
-    data = subsample_train(PreparedData(source, ("a", "b", "c")), 0.1, tmp_path / "subset",
+    data = subsample_train(PreparedData(source, ("a", "b", "c"), 2), 0.1, tmp_path / "subset",
                            seed=0)
     assert np.bincount(data.labels("train")).tolist() == [2, 3, 1]
     kept = data.images("train")[:, 0, 0, 0]

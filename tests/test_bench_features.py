@@ -79,5 +79,5 @@ def test_bench_time_to_accuracy_rejects_an_empty_split(tmp_path):
         (tmp_path / name).mkdir()
         Image.fromarray(np.full((8, 8, 3), index * 99, np.uint8)).save(tmp_path / name / "a.jpg")
 
-    with pytest.raises(ValueError, match="split of .* is empty"):
+    with pytest.raises(ValueError, match="split of .* would be empty"):
         bench_time_to_accuracy(tmp_path, image_size=32, weights="none")

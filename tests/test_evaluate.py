@@ -10,6 +10,7 @@ from pipeline.evaluate import (
     format_per_class_table,
     predict_dataset,
     top_k_accuracy,
+    train_error_sample,
 )
 
 # Hand-computed case. "bird" is in the labels but never predicted; "fish" is predicted but
@@ -292,3 +293,15 @@ def test_per_class_table_contains_every_class_and_score(metrics):
 def test_per_class_table_rejects_a_dict_without_per_class():
     with pytest.raises(ValueError, match="per_class"):
         format_per_class_table({"accuracy": 0.5})
+
+
+def test_train_error_sample_covers_every_class_of_class_sorted_data():
+    # the folder source stores training images sorted by class: a first-N subset of 5,000
+    # would measure train error on classes 0-1 only
+    labels = np.repeat(np.arange(6), [3000, 2500, 800, 700, 2000, 1000])
+    chosen = train_error_sample(labels, 5000)
+    counts = np.bincount(labels[chosen], minlength=6)
+    expected = 5000 * np.bincount(labels) / len(labels)
+    assert np.all(np.abs(counts - expected) <= 1), counts
+    np.testing.assert_array_equal(chosen, train_error_sample(labels, 5000))  # stable
+    assert len(train_error_sample(labels, 0)) == len(labels)

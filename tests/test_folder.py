@@ -57,6 +57,8 @@ def test_split_folders_keep_the_given_splits(image_file_factory):
     scan = _scan(image_file_factory.root)
     assert scan.layout == "split_folders"
     assert scan.class_names == ("cat", "dog")
+    assert scan.given_splits == ("train", "dev", "test")
+    assert scan.split_folder_names == {"train": "train", "dev": "val", "test": "test"}
     assert {item.relative_path: (item.given_split, item.label) for item in scan.items} == {
         "train/cat/c1.jpg": ("train", 0),
         "train/dog/d1.jpg": ("train", 1),
@@ -71,6 +73,7 @@ def test_a_class_named_like_a_split_does_not_switch_layout(image_file_factory):
     scan = _scan(image_file_factory.root)
     assert scan.layout == "class_folders"
     assert scan.class_names == ("test", "zebra")
+    assert scan.given_splits == ()
 
 
 def test_non_ascii_class_names_are_nfc_and_sorted(image_file_factory):

@@ -1,10 +1,48 @@
 """Scan a user's image folder into labelled, checked, content-hashed items.
 
-Layouts (detected from the top-level folder names):
-    * "class_folders": `root/<class>/...`, images at any depth inside a class folder.
-    * "split_folders": `root/{train,val|valid|validation|dev,test}/<class>/...`, used when
-      every visible top-level folder is a split name and one of them is "train". The given
-      splits are kept ("val", "valid", "validation" mean dev).
+Layouts, decided from folder names and structure before any image file is read (the result
+is in `FolderScan.layout`, `given_splits`, `split_folder_names` and `layout_description`):
+    * Wrapper folders: while the root holds exactly one visible folder and no image files,
+      and that folder holds sub-folders but no image files and is not named like a split,
+      the scan descends into it (a Kaggle download `archive/chest_xray/{train,val,test}`).
+      `FolderScan.root_used` is the folder reached; relative paths stay relative to `root`.
+    * "split_folders" by name: every visible top-level folder (the skipped folders below
+      aside) is named like a split (see below) and a train folder holds sub-folders. Each
+      split folder's sub-folders are its classes; the class sets may differ (a class missing
+      from test is fine). Two folders named like one split (`train/`, `training/`) are an
+      error.
+    * "split_folders" by structure: two or more top-level folders that all hold the same set
+      of at least two sub-folder names (NFC, case-insensitive) look like split folders,
+      whatever their names. When the names do not say which split is which (`part1/`,
+      `part2/`; or classes `cat/{indoor,outdoor}`, `dog/{indoor,outdoor}`) it is an error
+      naming both fixes: `split_folders` (config `data.split_folders`) or
+      `layout="class_folders"` (config `data.layout`).
+    * "class_folders": otherwise, `root/<class>/...`, images at any depth in a class folder.
+      When every top-level folder is named like a split but the train folder holds no
+      sub-folders (`train/*.jpg`, `test/*.jpg`), no image has a label: that is an error.
+
+Split names (`split_of_folder_name`), compared in NFC lower case, as the whole name, as a
+token of it (split on `_ - . space`: `seg_train`, `Data-Train`, `train_images`, `TEST SET`) or
+as two adjacent tokens (`train_set`):
+    * train: train, training, training_set, train_set, trainset, trn, train_data,
+      training_data; also trainval and train_val (train and val merged, as in PASCAL VOC).
+    * dev: val, valid, validation, dev, val_set, valset, validation_set, development.
+    * test: test, testing, test_set, testset, eval, evaluation, tst.
+    A name matching two different splits (`train_test`) is no split name.
+In a split layout:
+    * A split folder holding only one folder named like itself or its split
+      (`seg_train/seg_train/<class>`) is unwrapped, repeatedly.
+    * A split folder holding no class folders (a Kaggle `test/` of unlabelled images) gives
+      no split: its files are skipped as "ignored" and a warning counts them.
+    * Folders named like unlabelled data (a name or token among `UNLABELLED_FOLDER_NAMES`:
+      `pred`, `seg_pred`, `unlabeled`, `inference` ...) are skipped with a warning, and so
+      are folders, not named like splits, that hold split folders of their own, train among
+      them (Kaggle's chest_xray repeats `train/`, `val/`, `test/` in `chest_xray/chest_xray/`).
+Explicit control: `layout="class_folders"` never looks for splits (wrappers are still
+unwrapped); `layout="split_folders"` raises when no split folders are found;
+`split_folders={"train": "part1", "test": "part2"}` (keys among train, dev, test, train
+required; values folder paths relative to `root`, nested ones like `a/b` allowed) names the
+split folders, and every other top-level folder is skipped with a warning.
 
 Class names are the class folder names normalised to Unicode NFC (so a name typed on macOS,
 stored decomposed, matches the same name typed elsewhere), sorted by code point, and fixed:
@@ -33,18 +71,20 @@ Duplicates: files with identical bytes (BLAKE2b content hash) form a duplicate g
 Copies inside one class are kept (they share a content hash and so a split). Copies filed
 under two or more classes are label conflicts; with `on_label_conflict="exclude"` (the
 default) every copy is left out of the usable items, since no label can be trusted.
-In the split layout, copies in two given splits are reported as split leaks.
+In a split layout, copies in two given splits are reported as split leaks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import stat
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -64,14 +104,29 @@ SKIP_KINDS: tuple[str, ...] = ("hidden", "ignored", "unsupported", "bad", "link"
 ERROR_KINDS: frozenset[str] = frozenset({"bad", "unsupported", "link"})
 """Kinds of skipped file that `on_bad_file="error"` turns into an error."""
 
+LAYOUT_CHOICES: tuple[str, ...] = ("auto", "class_folders", "split_folders")
+SPLITS: tuple[str, ...] = ("train", "dev", "test")
 SPLIT_FOLDER_NAMES: dict[str, str] = {
-    "train": "train",
-    "val": "dev",
-    "valid": "dev",
-    "validation": "dev",
-    "dev": "dev",
-    "test": "test",
+    **dict.fromkeys(
+        ("train", "training", "training_set", "train_set", "trainset", "trn", "train_data"),
+        "train",
+    ),
+    **dict.fromkeys(("training_data", "trainval", "train_val"), "train"),
+    **dict.fromkeys(
+        ("val", "valid", "validation", "dev", "val_set", "valset", "validation_set"), "dev"
+    ),
+    "development": "dev",
+    **dict.fromkeys(
+        ("test", "testing", "test_set", "testset", "eval", "evaluation", "tst"), "test"
+    ),
 }
+"""Split folder names (and name tokens), lower-case NFC, and the split each one means."""
+UNLABELLED_FOLDER_NAMES: frozenset[str] = frozenset(
+    {"pred", "predict", "prediction", "predictions", "unlabeled", "unlabelled", "inference"}
+)
+"""Folder names (and name tokens) of images without labels, such as Kaggle's `seg_pred`."""
+_TRAIN_AND_DEV_NAMES = frozenset({"trainval", "train_val"})
+_NAME_SEPARATORS = re.compile(r"[_\-. ]+")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib"}
 )
@@ -112,7 +167,7 @@ class FolderItem:
         path: The file as found under the root (symlinks not resolved).
         relative_path: The path relative to the root, "/"-separated, NFC-normalised.
         label: Index into `FolderScan.class_names`.
-        given_split: "train", "dev" or "test" in the split layout, else None.
+        given_split: "train", "dev" or "test" in a split layout, else None.
         content_hash: BLAKE2b (128-bit) hex digest of the file's bytes.
         size: (width, height) of the upright image, or None if unknown.
     """
@@ -145,7 +200,7 @@ class FolderScan:
     """The result of `scan_image_folder`.
 
     Attributes:
-        root: The scanned folder.
+        root: The folder passed to `scan_image_folder`; relative paths are relative to it.
         class_names: Usable class names, sorted; label i names `class_names[i]`.
         items: Usable images, sorted by relative path.
         skipped: Files and folders not used, with reasons.
@@ -153,9 +208,18 @@ class FolderScan:
         duplicate_groups: Relative paths of files with identical bytes, one tuple per group.
         label_conflicts: Duplicate groups whose copies are filed under different classes.
         layout: "class_folders" or "split_folders".
+        root_used: The folder the layout was read from: `root`, or the folder reached by
+            descending through wrapper folders (e.g. `root/archive/chest_xray`).
         split_leaks: Duplicate groups whose copies sit in different given splits.
         excluded_classes: Class folders left out because no usable image remained.
         warnings: Human-readable warnings for the data report.
+        given_splits: The splits the layout gave, in train, dev, test order (a split folder
+            without class folders gives none); empty for class folders.
+        split_folder_names: Split -> the folder used for it, "/"-separated and relative to
+            `root` (e.g. {"train": "training_set", "test": "test_set"}); a valid
+            `split_folders` argument. Empty for class folders.
+        layout_description: One line saying what was detected, for the data report, e.g.
+            "Split folders found: training_set -> train, test_set -> test (no dev folder)."
     """
 
     root: Path
@@ -166,9 +230,13 @@ class FolderScan:
     duplicate_groups: tuple[tuple[str, ...], ...]
     label_conflicts: tuple[tuple[str, ...], ...]
     layout: str
+    root_used: Path
     split_leaks: tuple[tuple[str, ...], ...] = ()
     excluded_classes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    given_splits: tuple[str, ...] = ()
+    split_folder_names: dict[str, str] = field(default_factory=dict)
+    layout_description: str = ""
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
@@ -184,6 +252,18 @@ class _ClassFolder:
     relative_path: str
     class_name: str
     given_split: str | None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the folder names and structure say, decided before any image file is read."""
+
+    name: str
+    root_used: Path
+    class_folders: tuple[_ClassFolder, ...]
+    split_folder_names: dict[str, str]
+    description: str
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,9 +308,31 @@ class _SkipLog:
         self.unsupported[image_format] += 1
 
 
+class _FolderLister:
+    """Lists each folder once (layout detection looks ahead), logging what it skips."""
+
+    def __init__(self, skip_log: _SkipLog):
+        self.skip_log = skip_log
+        self.visited: set[tuple[int, int]] = set()
+        self.listings: dict[Path, tuple[list[Path], list[Path]]] = {}
+
+    def contents(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """The folder's usable (sub-folders, files), sorted; see `_list_folder`."""
+        if folder not in self.listings:
+            self.listings[folder] = _list_folder(folder, self.skip_log, self.visited)
+        return self.listings[folder]
+
+    def log_unlabelled_files(self, files: Iterable[Path]) -> None:
+        """Logs files found outside any class folder."""
+        for path in files:
+            self.skip_log.add(path, "not inside a class folder, so it has no label", "ignored")
+
+
 def scan_image_folder(
     root: Path,
     *,
+    layout: str = "auto",
+    split_folders: Mapping[str, str] | None = None,
     on_bad_file: str = "skip",
     on_label_conflict: str = "exclude",
     verify_decode: bool = True,
@@ -239,11 +341,19 @@ def scan_image_folder(
 ) -> FolderScan:
     """Finds, labels, checks and hashes every image in a user's folder.
 
-    See the module docstring for the layouts and for the skip, duplicate and conflict
+    See the module docstring for the layout rules and for the skip, duplicate and conflict
     policies.
 
     Args:
-        root: The folder: `root/<class>/...` or `root/{train,val,test}/<class>/...`.
+        root: The folder: `root/<class>/...` or `root/{train,val,test}/<class>/...`, possibly
+            inside wrapper folders.
+        layout: One of `LAYOUT_CHOICES` (config key `data.layout`): "auto" detects the
+            layout, "class_folders" never looks for split folders, "split_folders" raises
+            when none are found.
+        split_folders: Split ("train", "dev", "test"; train required) -> folder path relative
+            to `root` (config key `data.split_folders`), e.g. {"train": "part1", "test":
+            "part2"}. Names the split folders; other top-level folders are skipped. None or
+            empty to detect them.
         on_bad_file: "skip" to skip and report bad files, "error" to raise on the first.
         on_label_conflict: What to do with identical files under different classes:
             "exclude" them all (default), "keep" them, or raise an "error".
@@ -256,25 +366,29 @@ def scan_image_folder(
 
     Raises:
         FileNotFoundError: If `root` does not exist.
-        ValueError: If `root` is not a folder, has fewer than two usable classes, an
-            option is invalid, or a policy set to "error" is triggered.
+        ValueError: If `root` is not a folder, has fewer than two usable classes, its layout
+            is ambiguous, an option is invalid, or a policy set to "error" is triggered.
 
     Example:
         >>> scan = scan_image_folder(Path("~/photos").expanduser())
         >>> scan.class_names
         ('cat', 'dog')
+        >>> scan_image_folder(Path("~/parts").expanduser(),
+        ...                   split_folders={"train": "part1", "test": "part2"}).given_splits
+        ('train', 'test')
     """
     root = _checked_root(root)
+    _check_choice("layout", layout, LAYOUT_CHOICES)
     _check_choice("on_bad_file", on_bad_file, ON_BAD_FILE_CHOICES)
     _check_choice("on_label_conflict", on_label_conflict, ON_LABEL_CONFLICT_CHOICES)
     skip_log = _SkipLog(on_bad_file)
-    visited: set[tuple[int, int]] = set()
-    layout, class_folders = _find_class_folders(root, skip_log, visited)
-    candidates = _find_candidates(class_folders, skip_log, visited)
+    lister = _FolderLister(skip_log)
+    found = _find_layout(root, lister, layout, split_folders)
+    candidates = _find_candidates(found.class_folders, lister)
     images = _check_candidates(candidates, skip_log, verify_decode, show_progress, max_pixels)
     duplicate_groups, label_conflicts, split_leaks = _find_duplicates(images)
     images = _apply_conflict_policy(images, label_conflicts, on_label_conflict)
-    all_class_names = sorted({folder.class_name for folder in class_folders})
+    all_class_names = sorted({folder.class_name for folder in found.class_folders})
     class_names = sorted({image.candidate.class_name for image in images})
     excluded = tuple(name for name in all_class_names if name not in class_names)
     _check_enough_classes(root, class_names, excluded, skip_log.entries)
@@ -287,13 +401,58 @@ def scan_image_folder(
         unsupported=dict(sorted(skip_log.unsupported.items())),
         duplicate_groups=duplicate_groups,
         label_conflicts=label_conflicts,
-        layout=layout,
+        layout=found.name,
+        root_used=found.root_used,
         split_leaks=split_leaks,
         excluded_classes=excluded,
-        warnings=_scan_warnings(
+        warnings=found.warnings
+        + _scan_warnings(
             class_names, items, excluded, label_conflicts, split_leaks, on_label_conflict
         ),
+        given_splits=tuple(split for split in SPLITS if split in found.split_folder_names),
+        split_folder_names=found.split_folder_names,
+        layout_description=found.description,
     )
+
+
+def split_of_folder_name(name: str) -> str | None:
+    """The split a folder name says, by the name table in the module docstring.
+
+    Args:
+        name: A folder name, in any case and Unicode normal form.
+
+    Returns:
+        "train", "dev" or "test"; None when the name says no split, says two different
+        splits, or names unlabelled data.
+
+    Example:
+        >>> [split_of_folder_name(name) for name in ("seg_train", "Validation", "trainval")]
+        ['train', 'dev', 'train']
+        >>> split_of_folder_name("train_test") is None
+        True
+    """
+    phrases = _name_phrases(name)
+    if phrases & UNLABELLED_FOLDER_NAMES:
+        return None
+    if phrases & _TRAIN_AND_DEV_NAMES:
+        return "train"
+    splits = {SPLIT_FOLDER_NAMES[phrase] for phrase in phrases if phrase in SPLIT_FOLDER_NAMES}
+    return splits.pop() if len(splits) == 1 else None
+
+
+def is_unlabelled_folder_name(name: str) -> bool:
+    """Whether a folder name says its images have no labels (`seg_pred`, `unlabeled` ...)."""
+    return bool(_name_phrases(name) & UNLABELLED_FOLDER_NAMES)
+
+
+def _name_phrases(name: str) -> set[str]:
+    """A folder name in NFC lower case, its tokens and its adjacent token pairs joined by
+    "_": "Data-Train Set" gives {"data-train set", "data", "train", "set", "data_train",
+    "train_set"}."""
+    whole = _nfc(name).lower()
+    tokens = [token for token in _NAME_SEPARATORS.split(whole) if token]
+    pairs = {f"{first}_{second}" for first, second in itertools.pairwise(tokens)}
+    return {whole, *tokens, *pairs}
 
 
 def _checked_root(root: Path) -> Path:
@@ -327,46 +486,415 @@ def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def _find_class_folders(
-    root: Path, skip_log: _SkipLog, visited: set[tuple[int, int]]
-) -> tuple[str, list[_ClassFolder]]:
-    """Detects the layout and lists the class folders (one per class and given split)."""
-    top_folders, top_files = _list_folder(root, skip_log, visited)
-    for path in top_files:
-        skip_log.add(path, "not inside a class folder, so it has no label", "ignored")
-    split_names = {_nfc(path.name).lower() for path in top_folders}
-    is_split_layout = "train" in split_names and split_names <= set(SPLIT_FOLDER_NAMES)
-    if not is_split_layout:
-        folders = [
-            _ClassFolder(path, _nfc(path.name), _nfc(path.name), None) for path in top_folders
-        ]
-        return "class_folders", _require_class_folders(root, folders, top_files)
-    folders = []
-    for split_path in top_folders:
-        given_split = SPLIT_FOLDER_NAMES[_nfc(split_path.name).lower()]
-        class_paths, split_files = _list_folder(split_path, skip_log, visited)
-        for path in split_files:
-            skip_log.add(path, "not inside a class folder, so it has no label", "ignored")
-        folders += [
-            _ClassFolder(
-                path, f"{_nfc(split_path.name)}/{_nfc(path.name)}", _nfc(path.name), given_split
+def _relative(root: Path, path: Path) -> str:
+    """`path` relative to `root`, "/"-separated and NFC ("" for the root itself)."""
+    return "/".join(_nfc(part) for part in path.relative_to(root).parts)
+
+
+def _short_list(names: Iterable[str], limit: int = 10) -> str:
+    """Names joined by commas, the first `limit` of them."""
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _has_image_names(files: Iterable[Path]) -> bool:
+    """Whether any file has an image extension (content is not read here)."""
+    extensions = IMAGE_EXTENSIONS | set(UNSUPPORTED_EXTENSIONS)
+    return any(path.suffix.lower() in extensions for path in files)
+
+
+# Layout detection: folder names and listings only, never image contents.
+
+
+def _find_layout(
+    root: Path, lister: _FolderLister, layout: str, split_folders: Mapping[str, str] | None
+) -> _Layout:
+    """Decides the layout and lists the class folders (one per class and given split)."""
+    if split_folders:
+        if layout == "class_folders":
+            raise ValueError(
+                "layout='class_folders' never uses split folders, but split_folders was "
+                "given. Remove data.split_folders, or set data.layout=auto. Received: "
+                f"layout='class_folders', split_folders={dict(split_folders)!r}."
             )
-            for path in class_paths
-        ]
-    return "split_folders", _require_class_folders(root, folders, top_files)
+        return _given_split_layout(root, lister, split_folders)
+    root_used = _unwrap_root(root, lister)
+    folders, files = lister.contents(root_used)
+    lister.log_unlabelled_files(files)
+    if layout != "class_folders":
+        found = _detected_split_layout(root, root_used, folders, lister)
+        if found is not None:
+            return found
+        if layout == "split_folders":
+            raise _no_split_folders_error(root, root_used, folders)
+    return _class_layout(root, root_used, folders, files)
+
+
+def _unwrap_root(root: Path, lister: _FolderLister) -> Path:
+    """Descends through wrapper folders (see `_is_wrapper`); returns the folder reached."""
+    folder = root
+    folders, files = lister.contents(folder)
+    while _is_wrapper(folders, files, lister):
+        lister.log_unlabelled_files(files)
+        folder = folders[0]
+        folders, files = lister.contents(folder)
+    return folder
+
+
+def _is_wrapper(folders: list[Path], files: list[Path], lister: _FolderLister) -> bool:
+    """Whether a folder's contents are one folder that only wraps further folders: no image
+    files at either level, and a name that is no split (`train/` alone stays a split)."""
+    if len(folders) != 1 or _has_image_names(files) or split_of_folder_name(folders[0].name):
+        return False
+    inner_folders, inner_files = lister.contents(folders[0])
+    return bool(inner_folders) and not _has_image_names(inner_files)
+
+
+def _class_layout(root: Path, root_used: Path, folders: list[Path], files: list[Path]) -> _Layout:
+    """The class-folder layout: each folder of `root_used` is a class."""
+    prefix = _relative(root, root_used)
+    class_folders = tuple(
+        _ClassFolder(path, _relative(root, path), _nfc(path.name), None) for path in folders
+    )
+    _require_class_folders(root_used, class_folders, files)
+    where = f" in {prefix} (wrapper folders unwrapped)" if prefix else ""
+    description = f"Class folders found{where}: {len(class_folders)} folders, one per class."
+    return _Layout("class_folders", root_used, class_folders, {}, description)
 
 
 def _require_class_folders(
-    root: Path, folders: list[_ClassFolder], top_files: list[Path]
-) -> list[_ClassFolder]:
+    root: Path, folders: tuple[_ClassFolder, ...], top_files: list[Path]
+) -> None:
     """Raises if the root holds no class folder at all."""
     if folders:
-        return folders
+        return
     found = f" It holds {len(top_files)} file(s) directly; " if top_files else " "
     raise ValueError(
         f"Image folder '{root}' has no class folders.{found}Expected one sub-folder per "
         f"class with the images inside, e.g. {root}/cat/1.jpg and {root}/dog/2.jpg."
     )
+
+
+def _detected_split_layout(
+    root: Path, root_used: Path, folders: list[Path], lister: _FolderLister
+) -> _Layout | None:
+    """The split layout the names or the structure of `root_used` show, or None.
+
+    Structure alone never decides which folder is which split: two folders holding the same
+    class folders whose names are all distinct splits, train included, already pass the
+    name rule, so every other such case is ambiguous.
+    """
+    unlabelled = [folder for folder in folders if is_unlabelled_folder_name(folder.name)]
+    candidates = [folder for folder in folders if folder not in unlabelled]
+    copies = [folder for folder in candidates if _holds_split_folders(folder, lister)]
+    named = [folder for folder in candidates if folder not in copies]
+    splits = [split_of_folder_name(folder.name) for folder in named]
+    if _named_like_splits(root, named, splits, lister):
+        split_paths = _distinct_splits(root, named, splits)
+    elif _share_class_folders(candidates, lister):
+        all_splits = [split_of_folder_name(folder.name) for folder in candidates]
+        raise _ambiguous_layout_error(root, candidates, all_splits, lister)
+    else:
+        return None
+    warnings = _skip_folders(
+        root,
+        unlabelled,
+        "folder named like unlabelled data: its images have no labels",
+        "is named like unlabelled data (prediction or inference images); its images have no "
+        "labels and were skipped.",
+        lister,
+    )
+    warnings += _skip_folders(
+        root,
+        copies,
+        "holds split folders of its own (a nested copy?), beside the split folders used",
+        "holds split folders of its own (a nested copy?) beside the split folders used; it "
+        "was skipped. To use it instead, pass it as the image folder.",
+        lister,
+    )
+    return _split_layout(root, root_used, split_paths, lister, "found", warnings)
+
+
+def _holds_split_folders(folder: Path, lister: _FolderLister) -> bool:
+    """Whether a folder not named like a split holds only split folders, train among them
+    (Kaggle's chest_xray download repeats its splits in `chest_xray/chest_xray/`)."""
+    if split_of_folder_name(folder.name) is not None:
+        return False
+    splits = [split_of_folder_name(path.name) for path in lister.contents(folder)[0]]
+    return "train" in splits and all(splits)
+
+
+def _skip_folders(
+    root: Path, folders: list[Path], reason: str, warning: str, lister: _FolderLister
+) -> list[str]:
+    """Logs folders left out of a split layout; returns one warning per folder."""
+    for folder in folders:
+        lister.skip_log.add(folder, reason, "ignored")
+    return [f"Folder '{_relative(root, folder)}' {warning}" for folder in folders]
+
+
+def _named_like_splits(
+    root: Path, candidates: list[Path], splits: list[str | None], lister: _FolderLister
+) -> bool:
+    """Whether every folder is named like a split and a train folder holds sub-folders.
+
+    Raises:
+        ValueError: If two or more folders are all named like splits but the train folders
+            hold images directly (`train/*.jpg`, `test/*.jpg`): no image has a label.
+    """
+    if not candidates or not all(splits):
+        return False
+    trains = [folder for folder, split in zip(candidates, splits, strict=True) if split == "train"]
+    if any(lister.contents(folder)[0] for folder in trains):
+        return True
+    if not trains or len(candidates) < 2:
+        return False
+    names = ", ".join(_relative(root, folder) for folder in candidates)
+    raise ValueError(
+        f"The folders {names} in '{root}' are named like splits, but the train folder "
+        f"'{_relative(root, trains[0])}' holds no class folders, so no image has a label. "
+        f"Put each split's images in one sub-folder per class, e.g. "
+        f"{_relative(root, trains[0])}/cat/1.jpg. If {names} really are the classes, set "
+        "data.layout=class_folders."
+    )
+
+
+def _distinct_splits(
+    root: Path, candidates: list[Path], splits: list[str | None]
+) -> dict[str, Path]:
+    """Split -> folder; raises if two folders are named like the same split."""
+    by_split: dict[str, list[Path]] = defaultdict(list)
+    for folder, split in zip(candidates, splits, strict=True):
+        by_split[split].append(folder)
+    for split, folders in by_split.items():
+        if len(folders) > 1:
+            names = " and ".join(f"'{_relative(root, folder)}'" for folder in folders)
+            example = {name: _relative(root, paths[0]) for name, paths in by_split.items()}
+            raise ValueError(
+                f"Folders {names} in '{root}' are both named like the {split} split, so it "
+                "is not clear which to use. Name the split folders with data.split_folders, "
+                f"e.g. {_format_split_folders(example)} (keys train, dev, test; values folder "
+                "paths relative to the image folder); other folders are then skipped."
+            )
+    return {split: folders[0] for split, folders in by_split.items()}
+
+
+def _share_class_folders(candidates: list[Path], lister: _FolderLister) -> bool:
+    """Whether two or more folders hold the same set of at least two sub-folder names."""
+    if len(candidates) < 2:
+        return False
+    name_sets = [_sub_folder_names(folder, lister) for folder in candidates]
+    return len(name_sets[0]) >= 2 and all(names == name_sets[0] for names in name_sets)
+
+
+def _sub_folder_names(folder: Path, lister: _FolderLister) -> frozenset[str]:
+    """The NFC lower-case names of a (possibly wrapped) split folder's sub-folders."""
+    sub_folders, _ = lister.contents(_unwrap_split_folder(folder, lister))
+    return frozenset(_nfc(path.name).lower() for path in sub_folders)
+
+
+def _ambiguous_layout_error(
+    root: Path, candidates: list[Path], splits: list[str | None], lister: _FolderLister
+) -> ValueError:
+    """The error for folders that hold the same class folders but name no splits."""
+    folders = [_relative(root, folder) for folder in candidates]
+    listed = ", ".join(folders)
+    sub_folders, _ = lister.contents(_unwrap_split_folder(candidates[0], lister))
+    shared = _short_list(_nfc(path.name) for path in sub_folders)
+    example = _format_split_folders(_suggested_split_folders(folders, splits))
+    return ValueError(
+        f"Cannot tell how '{root}' is laid out: the folders {listed} all hold the same "
+        f"sub-folders ({shared}), as split folders do, but their names do not say which "
+        f"split is which. If they are splits, name them: {example} (keys train, dev, "
+        "test; values folder paths relative to the image folder). If "
+        f"{listed} are classes that happen to hold sub-folders of the same names, set "
+        "data.layout=class_folders. No image was read."
+    )
+
+
+def _suggested_split_folders(folders: list[str], splits: list[str | None]) -> dict[str, str]:
+    """A `split_folders` example for an error: folders named like distinct splits keep
+    them when train is among them; the others fill train, test, dev in order."""
+    named = {split: folder for folder, split in zip(folders, splits, strict=True) if split}
+    if "train" not in named or len(named) != sum(split is not None for split in splits):
+        named = {}
+    free_splits = [split for split in ("train", "test", "dev") if split not in named]
+    free_folders = [folder for folder in folders if folder not in named.values()]
+    named.update(zip(free_splits, free_folders, strict=False))
+    return named
+
+
+def _format_split_folders(split_folders: Mapping[str, str]) -> str:
+    """A split_folders mapping as command-line overrides (no spaces, so it fits in make's
+    ARGS): data.split_folders.train=a data.split_folders.test=b."""
+    return " ".join(f"data.split_folders.{split}={split_folders[split]}"
+                    for split in SPLITS if split in split_folders)
+
+
+def _no_split_folders_error(root: Path, root_used: Path, folders: list[Path]) -> ValueError:
+    """The error for `layout="split_folders"` when no split folders are found."""
+    found = _short_list(_relative(root, folder) for folder in folders) or "none"
+    return ValueError(
+        f"No split folders found in '{root_used}' (layout='split_folders', config "
+        f"data.layout=split_folders, insists on them). Top-level folders: {found}. Expected "
+        f"folders such as train/, val/, test/ holding one sub-folder per class, e.g. "
+        f"{root_used}/train/cat/1.jpg; or name them with data.split_folders="
+        "{train: part1, test: part2}, or set data.layout=auto."
+    )
+
+
+def _unwrap_split_folder(folder: Path, lister: _FolderLister) -> Path:
+    """Descends while a split folder holds only one folder, named like itself or its split
+    (`seg_train/seg_train`), and no image files."""
+    split = split_of_folder_name(folder.name)
+    while True:
+        sub_folders, files = lister.contents(folder)
+        if len(sub_folders) != 1 or _has_image_names(files):
+            return folder
+        inner = sub_folders[0]
+        same_name = _nfc(inner.name).lower() == _nfc(folder.name).lower()
+        if not same_name and (split is None or split_of_folder_name(inner.name) != split):
+            return folder
+        folder = inner
+
+
+def _split_layout(
+    root: Path,
+    root_used: Path,
+    split_paths: dict[str, Path],
+    lister: _FolderLister,
+    source: str,
+    earlier_warnings: list[str],
+) -> _Layout:
+    """The split layout: each split folder's sub-folders are its classes."""
+    class_folders: list[_ClassFolder] = []
+    names: dict[str, str] = {}
+    warnings = list(earlier_warnings)
+    for split in SPLITS:
+        if split not in split_paths:
+            continue
+        folder = _unwrap_split_folder(split_paths[split], lister)
+        found = _split_class_folders(root, folder, split, lister)
+        if found:
+            class_folders += found
+            names[split] = _relative(root, folder)
+        else:
+            warnings.append(_no_class_folders_warning(root, folder, split, lister))
+    if "train" not in names:
+        train = _relative(root, _unwrap_split_folder(split_paths["train"], lister))
+        raise ValueError(
+            f"The train folder '{train}' in '{root}' holds no class folders, so no training "
+            f"image has a label. Expected one sub-folder per class, e.g. {train}/cat/1.jpg."
+        )
+    pairs = ", ".join(f"{names[split]} -> {split}" for split in SPLITS if split in names)
+    missing = [split for split in SPLITS if split not in names]
+    note = f" (no {' or '.join(missing)} folder)" if missing else ""
+    description = f"Split folders {source}: {pairs}{note}."
+    return _Layout(
+        "split_folders", root_used, tuple(class_folders), names, description, tuple(warnings)
+    )
+
+
+def _split_class_folders(
+    root: Path, folder: Path, split: str, lister: _FolderLister
+) -> list[_ClassFolder]:
+    """The class folders of one split folder; logs the files beside them (no label)."""
+    sub_folders, files = lister.contents(folder)
+    if not sub_folders:
+        reason = "in a split folder without class folders, so it has no label"
+        for path in files:
+            lister.skip_log.add(path, reason, "ignored")
+        return []
+    lister.log_unlabelled_files(files)
+    return [
+        _ClassFolder(path, _relative(root, path), _nfc(path.name), split) for path in sub_folders
+    ]
+
+
+def _no_class_folders_warning(root: Path, folder: Path, split: str, lister: _FolderLister) -> str:
+    """The warning for a split folder that holds no class folders (e.g. unlabelled test)."""
+    _, files = lister.contents(folder)
+    return (
+        f"Split folder '{_relative(root, folder)}' holds no class folders ({len(files)} "
+        f"file(s) directly, which have no label and were skipped), so no {split} split is "
+        "given; splits not given are carved from train."
+    )
+
+
+def _given_split_layout(
+    root: Path, lister: _FolderLister, split_folders: Mapping[str, str]
+) -> _Layout:
+    """The split layout named by `split_folders`; other top-level folders are skipped."""
+    split_paths = _checked_split_folders(root, split_folders)
+    folders, files = lister.contents(root)
+    lister.log_unlabelled_files(files)
+    used = split_paths.values()
+    others = [
+        folder for folder in folders if not any(folder in (path, *path.parents) for path in used)
+    ]
+    for folder in others:
+        lister.skip_log.add(folder, "not named in split_folders, so skipped", "ignored")
+    warnings = []
+    if others:
+        skipped = _short_list(_relative(root, folder) for folder in others)
+        warnings.append(f"Folders not named in data.split_folders were skipped: {skipped}.")
+    return _split_layout(root, root, split_paths, lister, "given by data.split_folders", warnings)
+
+
+def _checked_split_folders(root: Path, split_folders: Mapping[str, str]) -> dict[str, Path]:
+    """Split -> folder path from `split_folders`, checked: known keys, train included,
+    existing, distinct and not nested folders."""
+    received = f"Received: split_folders={dict(split_folders)!r}."
+    for key in split_folders:
+        if key not in SPLITS:
+            meant = split_of_folder_name(str(key))
+            hint = f" Did you mean '{meant}'?" if meant else ""
+            raise ValueError(
+                f"Unknown split '{key}' in split_folders.{hint} Expected keys among: "
+                f"{', '.join(SPLITS)}. {received}"
+            )
+    if "train" not in split_folders:
+        raise ValueError(
+            "split_folders names no train folder, and training needs one. Add it, e.g. "
+            f"data.split_folders.train=part1 data.split_folders.test=part2. {received}"
+        )
+    paths = {
+        split: _checked_split_folder(root, split, split_folders[split], received)
+        for split in SPLITS
+        if split in split_folders
+    }
+    for split, path in paths.items():
+        for other, other_path in paths.items():
+            if other != split and path in (other_path, *other_path.parents):
+                raise ValueError(
+                    f"split_folders gives '{split_folders[split]}' for {split} and "
+                    f"'{split_folders[other]}' for {other}; split folders must be distinct "
+                    f"and not inside one another. {received}"
+                )
+    return paths
+
+
+def _checked_split_folder(root: Path, split: str, value: str, received: str) -> Path:
+    """The folder `root/value`; raises unless it is an existing folder inside `root`."""
+    relative = Path(str(value))
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(
+            f"split_folders['{split}'] must be a folder path relative to '{root}', e.g. "
+            f"'part1' or 'data/train'. {received}"
+        )
+    path = root / relative
+    if not path.is_dir():
+        present = sorted(
+            entry.name
+            for entry in root.iterdir()
+            if entry.is_dir() and _hidden_reason(entry.name) is None
+        )
+        raise ValueError(
+            f"Split folder '{value}' (split_folders['{split}']) is not a folder in '{root}'. "
+            f"Folders there: {_short_list(present) or 'none'}. {received}"
+        )
+    return path
 
 
 def _list_folder(
@@ -451,9 +979,7 @@ def _link_reason(path: Path, error: OSError) -> str:
 
 
 def _find_candidates(
-    class_folders: Iterable[_ClassFolder],
-    skip_log: _SkipLog,
-    visited: set[tuple[int, int]],
+    class_folders: Iterable[_ClassFolder], lister: _FolderLister
 ) -> list[_Candidate]:
     """Lists every file at any depth inside the class folders."""
     candidates: list[_Candidate] = []
@@ -461,7 +987,7 @@ def _find_candidates(
         pending = [(class_folder.path, class_folder.relative_path)]
         while pending:
             folder, relative_folder = pending.pop()
-            sub_folders, files = _list_folder(folder, skip_log, visited)
+            sub_folders, files = lister.contents(folder)
             pending += [(path, f"{relative_folder}/{_nfc(path.name)}") for path in sub_folders]
             candidates += [
                 _Candidate(

@@ -37,14 +37,23 @@ class SourceData:
     given_splits: list[str]
     description: str
     extras: dict
+    image_size: int
+    notes: list[str]
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The data stage's output folder, read lazily (images are memory-mapped)."""
+    """The data stage's output folder, read lazily (images are memory-mapped).
+
+    Attributes:
+        directory: the folder.
+        class_names: label i names `class_names[i]`.
+        image_size: the side of the stored square images.
+    """
 
     directory: Path
     class_names: tuple[str, ...]
+    image_size: int
 
     def images(self, split: str) -> np.ndarray:
         return np.load(self.directory / f"{split}_images.npy", mmap_mode="r")
@@ -63,26 +72,35 @@ def load_prepared(directory: Path) -> PreparedData:
     if not info.is_file():
         raise FileNotFoundError(f"No prepared data in '{directory}'. Run the data stage first: "
                                 f"make data (or python -m pipeline data --config ...).")
-    return PreparedData(directory, tuple(json.loads(info.read_text())["class_names"]))
+    dataset = json.loads(info.read_text())
+    return PreparedData(directory, tuple(dataset["class_names"]), dataset["image_size"])
 
 
-def prepare_data(config: DataConfig, output_dir: Path) -> dict:
+def prepare_data(config: DataConfig, output_dir: Path, *,
+                 auto_size_range: tuple[int, int] = (32, 224)) -> dict:
     """Reads the configured source, splits it, writes arrays and the data report.
 
     Args:
         config: the data section of the experiment config.
         output_dir: the folder to create (replaced atomically when everything is written).
+        auto_size_range: the backbone's (smallest, native) input size, which bounds
+            `data.image_size: auto`.
 
     Returns:
         The data report as a dict.
+
+    Raises:
+        ValueError: fewer than two classes, or a split that would be empty; the message says
+            what to add.
     """
-    source = read_source(config)
+    source = read_source(config, auto_size_range)
     if len(source.class_names) < 2:
         raise ValueError(f"Found {len(source.class_names)} class(es) in {source.description}: "
                          f"{list(source.class_names)}. A classifier needs at least two classes "
                          f"(one sub-folder per class).")
     keep = _cap_examples(source.keys, config.max_examples)
-    splits = _assign(source, keep, config.split_ratios)
+    splits, carved = _assign(source, keep, config.split_ratios)
+    _require_every_split(splits, carved, source.description)
     labels_by_split = {}
     with atomic_path(output_dir) as folder:
         folder.mkdir()
@@ -93,45 +111,85 @@ def prepare_data(config: DataConfig, output_dir: Path) -> dict:
             labels_by_split[split] = source.labels[chosen]
         report = build_data_report(class_names=source.class_names,
                                    labels_by_split=labels_by_split,
-                                   source=source.description, **source.extras)
+                                   source=source.description, **source.extras,
+                                   notes=[*source.notes, *_carve_notes(carved)])
         write_data_report(report, folder)
         (folder / "dataset.json").write_text(json.dumps({
             "class_names": list(source.class_names), "source": source.description,
-            "image_size": config.image_size,
+            "image_size": source.image_size,
             "counts": {split: int(len(labels)) for split, labels in labels_by_split.items()},
         }, indent=2, ensure_ascii=False))
     print(format_data_report(report))
     return report
 
 
-def read_source(config: DataConfig) -> SourceData:
+def auto_image_size(short_sides: list[int], size_range: tuple[int, int]) -> int:
+    """The stored and model input size that `image_size: auto` picks for these photos.
+
+    Small photos are upscaled by about 1.25x (flowers128's 128 px photos: 160 px, which beat
+    128-320 px on dev there); ordinary photos get the backbone's native size, since a smaller
+    input cost 1.6-4.6 test points on folders of 300-500 px photos. Multiples of 32 suit every
+    backbone's strides.
+
+    Args:
+        short_sides: the shorter side of each photo, in pixels.
+        size_range: the backbone's (smallest, native) input size.
+
+    Returns:
+        A multiple of 32 within `size_range` (the native size when nothing is known).
+    """
+    smallest, native = size_range
+    if not short_sides:
+        return native
+    wanted = 32 * round(1.25 * float(np.median(short_sides)) / 32)
+    return int(min(native, max(smallest, wanted)))
+
+
+def read_source(config: DataConfig, auto_size_range: tuple[int, int] = (32, 224)) -> SourceData:
     """Dispatches on `data.source`."""
     readers = {"fashion_mnist": _read_fashion_mnist, "folder": _read_folder, "tfds": _read_tfds}
-    return readers[config.source](config)
+    return readers[config.source](config, auto_size_range)
 
 
-def _read_fashion_mnist(config: DataConfig) -> SourceData:
+def _stored_size(config: DataConfig, short_sides: list[int],
+                 size_range: tuple[int, int]) -> tuple[int, list[str]]:
+    """`data.image_size`, resolved, with a note saying how when it was "auto"."""
+    if config.image_size != "auto":
+        return config.image_size, []
+    size = auto_image_size(short_sides, size_range)
+    if not short_sides:
+        return size, [f"Image size {size} px (data.image_size: auto): the backbone's native "
+                      "size, as the photo sizes are not known before decoding."]
+    median = int(np.median(short_sides))
+    return size, [f"Image size {size} px (data.image_size: auto): the photos' median shorter "
+                  f"side is {median} px; auto takes about 1.25x that, within the backbone's "
+                  f"{size_range[0]}-{size_range[1]} px."]
+
+
+def _read_fashion_mnist(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
     from pipeline.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
     loaded = load_fashion_mnist(Path(config.path))
+    image_size, notes = _stored_size(config, [28], size_range)
     images, labels, given = [], [], []
     for split, (split_images, split_labels) in loaded.items():
-        images.append(_resize_all(split_images, config.image_size))
+        images.append(_resize_all(split_images, image_size))
         labels.append(split_labels)
         given += [split] * len(split_labels)
     images = np.concatenate(images)
     return SourceData(CLASS_NAMES, images, np.concatenate(labels), _content_keys(images),
                       given, f"Fashion-MNIST ({config.path})",
-                      {"image_sizes": [(28, 28)] * len(images)})
+                      {"image_sizes": [(28, 28)] * len(images)}, image_size, notes)
 
 
-def _read_tfds(config: DataConfig) -> SourceData:
+def _read_tfds(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
     from pipeline.data.tfds_source import SPLIT_NAMES, load_tfds
 
     if not config.tfds_name:
         raise ValueError("data.source is 'tfds' but data.tfds_name is empty. "
                          "Set it, e.g. data.tfds_name=tf_flowers.")
-    loaded = load_tfds(config.tfds_name, Path(config.cache_dir) / "tfds", config.image_size)
+    image_size, notes = _stored_size(config, [], size_range)
+    loaded = load_tfds(config.tfds_name, Path(config.cache_dir) / "tfds", image_size)
     images, labels, given = [], [], []
     for split, (split_images, split_labels) in loaded["splits"].items():
         images.append(split_images)
@@ -139,14 +197,18 @@ def _read_tfds(config: DataConfig) -> SourceData:
         given += [SPLIT_NAMES.get(split, "")] * len(split_labels)
     images = np.concatenate(images)
     return SourceData(loaded["class_names"], images, np.concatenate(labels),
-                      _content_keys(images), given, f"tfds:{config.tfds_name}", {})
+                      _content_keys(images), given, f"tfds:{config.tfds_name}", {}, image_size,
+                      notes)
 
 
-def _read_folder(config: DataConfig) -> SourceData:
+def _read_folder(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
     # Decoding happens once, below; the scan checks headers, hashes and layout.
     scan = scan_image_folder(Path(config.path).expanduser(), on_bad_file=config.on_bad_file,
-                             verify_decode=False, max_pixels=config.max_image_pixels)
-    images = np.empty((len(scan.items), config.image_size, config.image_size, 3), np.uint8)
+                             verify_decode=False, max_pixels=config.max_image_pixels,
+                             layout=config.layout, split_folders=config.split_folders or None)
+    image_size, notes = _stored_size(config, [min(item.size) for item in scan.items if item.size],
+                                     size_range)
+    images = np.empty((len(scan.items), image_size, image_size, 3), np.uint8)
     usable, sizes, skipped = [], [], list(scan.skipped)
     for index, item in enumerate(tqdm(scan.items, desc="Decoding images", unit="img")):
         try:
@@ -157,7 +219,7 @@ def _read_folder(config: DataConfig) -> SourceData:
             skipped.append(SkippedFile(item.path, str(error)))
             continue
         sizes.append(image.shape[1::-1])
-        images[index] = resize_square(image, config.image_size)
+        images[index] = resize_square(image, image_size)
         usable.append(index)
     items = [scan.items[index] for index in usable]
     keys = [item.content_hash if config.split_by == "content" else item.relative_path
@@ -168,7 +230,8 @@ def _read_folder(config: DataConfig) -> SourceData:
                       {"skipped": skipped, "unsupported": scan.unsupported,
                        "duplicate_groups": scan.duplicate_groups,
                        "label_conflicts": scan.label_conflicts, "image_sizes": sizes,
-                       "split_leaks": scan.split_leaks, "warnings": scan.warnings})
+                       "split_leaks": scan.split_leaks, "warnings": scan.warnings},
+                      image_size, [scan.layout_description, *notes])
 
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
@@ -189,11 +252,17 @@ def _cap_examples(keys: list[str], max_examples: int) -> np.ndarray:
     return np.sort(np.array(order[:max_examples]))
 
 
-def _assign(source: SourceData, keep: np.ndarray, ratios: tuple[float, ...]) -> np.ndarray:
+def _assign(source: SourceData, keep: np.ndarray,
+            ratios: tuple[float, ...]) -> tuple[np.ndarray, dict[str, float]]:
     """Each example's split: the given one, or a stable hash-based one.
 
-    Examples with no given split get train/dev/test; when the source gives a test split but
-    no dev split, its training examples are divided into train and dev.
+    Examples with no given split get train/dev/test by the ratios. When the source gives
+    splits but not all three (train + test, as Fashion-MNIST; train + val, as many folders),
+    each missing split is carved from the given training examples by the same stable hash,
+    taking the share of train that the ratios give it.
+
+    Returns:
+        (the split of each example, "" where not kept; {carved split: share of train taken})
     """
     given = np.array(source.given_splits, dtype=object)
     ratios = tuple(ratios) or default_split_ratios(len(keep))
@@ -203,9 +272,34 @@ def _assign(source: SourceData, keep: np.ndarray, ratios: tuple[float, ...]) -> 
     unassigned = keep[given[keep] == ""]
     if len(unassigned):
         result[unassigned] = assign_splits(list(keys[unassigned]), labels[unassigned], ratios)
-    if "dev" not in set(given[keep]):
-        train = keep[given[keep] == "train"]
-        share = ratios[1] / (ratios[0] + ratios[1])
-        result[train] = assign_splits(list(keys[train]), labels[train],
-                                      (1.0 - share, share, 0.0), salt="dev")
-    return result
+    given_splits = set(given[keep]) - {""}
+    if not given_splits:
+        return result, {}
+    # The train share stays, each missing split takes its own ratio, renormalised over train.
+    carve = [ratio if split == "train" or split not in given_splits else 0.0
+             for split, ratio in zip(SPLITS, ratios, strict=True)]
+    carve = [ratio / sum(carve) for ratio in carve]
+    train = keep[given[keep] == "train"]
+    if len(train) and max(carve[1:]) > 0:
+        result[train] = assign_splits(list(keys[train]), labels[train], tuple(carve), salt="dev")
+    return result, {split: share for split, share in zip(SPLITS[1:], carve[1:], strict=True)
+                    if share > 0}
+
+
+def _carve_notes(carved: dict[str, float]) -> list[str]:
+    return [f"No {split} split was given: {split} is carved from the given training images by "
+            f"a stable hash ({share:.0%} of them)." for split, share in carved.items()]
+
+
+def _require_every_split(splits: np.ndarray, carved: dict[str, float], description: str) -> None:
+    """Stops before any training when train, dev or test would be empty."""
+    counts = {split: int(np.sum(splits == split)) for split in SPLITS}
+    for split, count in counts.items():
+        if count:
+            continue
+        where = "the given train split" if split in carved else "the usable images"
+        raise ValueError(
+            f"The {split} split of {description} would be empty (train {counts['train']}, dev "
+            f"{counts['dev']}, test {counts['test']} images, taken from {where}). Add images: "
+            f"a few dozen per class at least, or a {split} folder of class folders beside "
+            f"train/, or change data.split_ratios.")

@@ -63,6 +63,7 @@ def build_data_report(
     source: str,
     split_leaks: Iterable[Sequence[str]] = (),
     warnings: Iterable[str] = (),
+    notes: Iterable[str] = (),
     imbalance_warning_ratio: float = IMBALANCE_WARNING_RATIO,
 ) -> dict:
     """Builds the data report as a JSON-ready dict.
@@ -80,6 +81,8 @@ def build_data_report(
         source: Where the data came from (a folder path or a dataset name).
         split_leaks: Duplicate groups found in different given splits.
         warnings: Warnings from earlier steps (e.g. `FolderScan.warnings`), listed first.
+        notes: How the data was read, one line each: the layout found, splits carved from
+            train, the image size chosen.
         imbalance_warning_ratio: Largest/smallest class ratio above which to warn.
 
     Returns:
@@ -98,6 +101,7 @@ def build_data_report(
     derived = _derived_warnings(class_names, per_class, by_class_and_split, imbalance)
     return {
         "source": str(source),
+        "notes": list(notes),
         "num_images": sum(per_split.values()),
         "num_classes": len(class_names),
         "class_names": class_names,
@@ -298,6 +302,8 @@ def _markdown_summary(report: dict) -> str:
         "",
         f"{report['num_images']:,} images in {report['num_classes']} classes ({splits}).",
     ]
+    if report.get("notes"):
+        lines += ["", *(f"- {note}" for note in report["notes"])]
     if imbalance["ratio"] is not None:
         lines[-1] += (
             f" Class imbalance {imbalance['ratio']:.2f}x (largest "
@@ -395,6 +401,7 @@ def format_data_report(report: dict) -> str:
     splits = " | ".join(f"{split} {count:,}" for split, count in report["images_per_split"].items())
     lines = [
         f"Data: {report['source']}",
+        *(f"  {note}" for note in report.get("notes", [])),
         f"  {report['num_images']:,} images, {report['num_classes']} classes; {splits}",
         f"  per class: {_screen_class_counts(report)}",
         f"  image sizes: {_screen_sizes(report['image_sizes'])}",

@@ -32,6 +32,8 @@ import hashlib
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 SPLIT_NAMES: tuple[str, str, str] = ("train", "dev", "test")
 
 # (smallest dataset size, dev and test fraction each), largest size first.
@@ -164,3 +166,26 @@ def _split_for(unit: float, dev_ratio: float, test_ratio: float) -> str:
     if unit >= 1.0 - dev_ratio:
         return "dev"
     return "train"
+
+
+def stratified_sample(labels: np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
+    """A random `fraction` of every class (at least one example each), in index order.
+
+    Used where a subset must speak for the whole split, e.g. the training images on which
+    train error is measured: a first-N subset of class-sorted data would cover the first
+    classes only.
+
+    Args:
+        labels: one class index per example.
+        fraction: the share of each class to keep, in (0, 1].
+        seed: the same seed gives the same sample.
+
+    Returns:
+        Sorted indices into `labels`.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    members = (np.flatnonzero(labels == label) for label in np.unique(labels))
+    chosen = [rng.permutation(indices)[:max(1, round(fraction * len(indices)))]
+              for indices in members]
+    return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)
