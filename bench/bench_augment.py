@@ -19,26 +19,20 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls the network otherwise
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline.augment import (  # noqa: E402
-    BatchAugmenter,
-    build_train_transform,
-    fit_color_pca,
-    resolve_chain,
-)
+from bench.datasets import FLOWERS, train_images  # noqa: E402
+from pipeline.augment import BatchAugmenter, build_train_transform  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
+from pipeline.config import AugmentConfig, ExperimentConfig, TrainConfig  # noqa: E402
 from pipeline.inputs import AugmentedImages, augmented_batches  # noqa: E402
-
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
+from pipeline.train import color_pca_for  # noqa: E402
 
 
 def bench_input_pipeline(
@@ -129,7 +123,7 @@ def bench_augment_speed(
         {"augment_speedup_vs_numpy_function", "augment_kernel_speedup_vs_albumentations",
          "augment_images_per_s_ours" and of the other paths, ...settings}.
     """
-    transform = _train_transform(images, chain, image_size, seed)
+    transform = train_transform(images, chain, image_size, seed)
     ours = BatchAugmenter(transform, seed=seed, num_threads=num_threads)
     dispatch = BatchAugmenter(transform, seed=seed, num_threads=num_threads, kernels={})
     baseline = _numpy_function_dataset(images, copy.deepcopy(transform), batch_size)
@@ -158,10 +152,15 @@ def bench_augment_speed(
     }
 
 
-def _train_transform(images: np.ndarray, chain: str | list[dict], image_size: int, seed: int):
-    """The training Compose as `pipeline.train` builds it (ColorPCA fitted when needed)."""
-    needs_pca = any(spec["name"] == "PCAColorShift" for spec in resolve_chain(chain))
-    color_pca = fit_color_pca(images, seed=seed) if needs_pca else None
+def train_transform(images: np.ndarray, chain: str | list[dict], image_size: int, seed: int):
+    """The training Compose as `pipeline.train.cache_features` builds it, with the PCA colour
+    shift fitted on `images` by `pipeline.train.color_pca_for` where the chain uses it.
+
+    The Compose is seeded too, for the per-image baseline that calls it directly; a
+    `BatchAugmenter` reseeds it per image, as in the product.
+    """
+    config = ExperimentConfig(augment=AugmentConfig(chain=chain), train=TrainConfig(seed=seed))
+    color_pca = color_pca_for(config, train_images(images))
     return build_train_transform(chain, image_size, color_pca=color_pca, seed=seed)
 
 
@@ -264,7 +263,7 @@ def bench_online_training(
     if model not in TRAIN_MODELS:
         raise ValueError(f"Unknown model '{model}'. Expected one of: {', '.join(TRAIN_MODELS)}.")
     keras.utils.set_random_seed(seed)
-    augmenter = BatchAugmenter(_train_transform(images, chain, image_size, seed), seed=seed)
+    augmenter = BatchAugmenter(train_transform(images, chain, image_size, seed), seed=seed)
     augmented = np.concatenate(list(augmented_batches(images, augmenter, 256)))
     sides = {"online": AugmentedImages(images, labels, augmenter, batch_size, seed=seed),
              "preaugmented": AugmentedImages(augmented, labels, _unchanged, batch_size,

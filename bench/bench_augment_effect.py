@@ -23,18 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls the network otherwise
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from bench.datasets import FLOWERS  # noqa: E402
 from pipeline.config import ExperimentConfig, load_config  # noqa: E402
 from pipeline.data.prepare import PreparedData, load_prepared, prepare_data  # noqa: E402
 from pipeline.data.splits import stratified_sample  # noqa: E402
 from pipeline.predict import predict_array  # noqa: E402
 from pipeline.train import train  # noqa: E402
 
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
 # The folder job's settings (configs/folder.yaml, whose `auto` picks 160 px for flowers128),
 # stored at the photos' own 128 px.
 SETTINGS = ("data.source=folder", "data.image_size=128", "model.image_size=160")

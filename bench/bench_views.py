@@ -13,7 +13,6 @@ K = 1, 2, 3, seeds 0, 1, 2: about 30 minutes on 2 CPU cores). It prints a table 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -24,14 +23,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls the network otherwise
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.bench_augment_effect import FLOWERS, train_and_test  # noqa: E402
+from bench.bench_augment_effect import train_and_test  # noqa: E402
+from bench.datasets import FLOWERS  # noqa: E402
+from bench.suites import OUTPUT_DIR  # noqa: E402
+from pipeline.atomic import write_json  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.prepare import load_prepared, prepare_data  # noqa: E402
-
-OUTPUT_DIR = Path("runs/bench")
 
 
 def compare_views(
@@ -129,8 +128,7 @@ def main(argv: list[str]) -> None:
               f"{means['best_dev_accuracy']:6.4f} {means['test_accuracy']:6.4f} "
               f"{means['extract_features_s']:9.1f} {means['phase1_head_s']:9.1f} "
               f"{means['phase2_fine_tune_s']:9.1f}")
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUTPUT_DIR / "views.json").write_text(json.dumps(result, indent=2))
+    write_json(OUTPUT_DIR / "views.json", result)
     plot_views(result, OUTPUT_DIR / "views.png")
     print(f"Saved {OUTPUT_DIR / 'views.json'} and {OUTPUT_DIR / 'views.png'}")
 

@@ -156,37 +156,49 @@ HEAD_STEPS_PER_EXECUTION = 32
 
 def train_head(head: keras.Model, train_features: np.ndarray, train_labels: np.ndarray,
                dev_features: np.ndarray, dev_labels: np.ndarray, config: TrainConfig,
-               backup_dir: Path) -> dict:
-    """Phase 1: trains the new head on cached pooled features (K views, one drawn per epoch)."""
+               backup_dir: Path, *,
+               callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Phase 1: trains the new head on cached pooled features (K views, one drawn per epoch).
+
+    `callbacks` run beside early stopping and the backup (e.g. to time each epoch).
+    """
     return _fit(head, train_features, train_labels, dev_features, dev_labels, config,
                 learning_rate=config.head_learning_rate, epochs=config.head_epochs,
                 backup_dir=backup_dir, phase="phase 1 (head on cached features)",
-                steps_per_execution=HEAD_STEPS_PER_EXECUTION)
+                steps_per_execution=HEAD_STEPS_PER_EXECUTION, callbacks=callbacks)
 
 
 def fine_tune(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
               train_labels: np.ndarray, dev_activations: np.ndarray, dev_labels: np.ndarray,
-              config: TrainConfig, backup_dir: Path) -> dict:
-    """Phase 2: fine-tunes the unfrozen top blocks and the head on cached block inputs."""
+              config: TrainConfig, backup_dir: Path, *,
+              callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Phase 2: fine-tunes the unfrozen top blocks and the head on cached block inputs.
+
+    `callbacks` run beside early stopping and the backup.
+    """
     inputs = keras.Input(train_activations.shape[2:])
     features = top(inputs, training=False)  # BatchNorm stays in inference mode
     outputs = head(keras.layers.GlobalAveragePooling2D()(features))
     model = keras.Model(inputs, outputs, name="top_blocks_and_head")
     return _fit(model, train_activations, train_labels, dev_activations, dev_labels, config,
                 learning_rate=config.fine_tune_learning_rate, epochs=config.fine_tune_epochs,
-                backup_dir=backup_dir, phase="phase 2 (fine-tune top blocks)")
+                backup_dir=backup_dir, phase="phase 2 (fine-tune top blocks)",
+                callbacks=callbacks)
 
 
 def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
          dev_views: np.ndarray, dev_labels: np.ndarray, config: TrainConfig, *,
          learning_rate: float, epochs: int, backup_dir: Path, phase: str,
-         steps_per_execution: int = 1) -> dict:
-    """Compiles (after every change of `trainable`) and fits with early stopping and backup."""
+         steps_per_execution: int = 1,
+         callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Compiles (after every change of `trainable`) and fits with early stopping, backup and
+    the caller's `callbacks`."""
     train_data, dev_data = cached_datasets(train_views, train_labels, dev_views, dev_labels,
                                            config, num_classes=model.output_shape[-1])
     compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
                   config=config, steps_per_execution=steps_per_execution)
-    callbacks = [early_stopping(config), keras.callbacks.BackupAndRestore(str(backup_dir))]
+    callbacks = [early_stopping(config), keras.callbacks.BackupAndRestore(str(backup_dir)),
+                 *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
     history = model.fit(train_data, validation_data=dev_data, epochs=epochs,

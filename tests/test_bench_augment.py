@@ -1,28 +1,22 @@
 """Tests for bench.bench_augment and bench.bench_augment_effect: smoke runs on tiny synthetic
 images, and (marked slow) the augmentation effect on 10% of flowers128."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from bench.bench_augment import (  # noqa: E402
+from bench.bench_augment import (
     TRAIN_MODELS,
     bench_augment_speed,
     bench_input_pipeline,
     bench_online_training,
 )
-from bench.bench_augment_effect import (  # noqa: E402
+from bench.bench_augment_effect import (
     SMALL_DATA_SCHEDULE,
     compare_augmentation,
     subsample_train,
 )
-from pipeline.data.prepare import PreparedData  # noqa: E402
-
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
+from bench.datasets import FLOWERS
+from pipeline.data.prepare import PreparedData
 
 
 def tiny_images(count: int = 8, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,8 @@
 """Tests for bench.bench_views: a smoke run on a tiny class folder, and the plot."""
 
-import os
-
 import numpy as np
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from bench.bench_views import compare_views, plot_views  # noqa: E402
+from bench.bench_views import compare_views, plot_views
 
 TINY = ["model.weights=none", "model.image_size=32", "data.image_size=32", "train.batch_size=8",
         "train.head_epochs=2", "train.fine_tune_epochs=1", "train.early_stopping_patience=1"]
