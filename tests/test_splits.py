@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -24,6 +24,39 @@ def _keys(count: int, prefix: str = "image") -> list[str]:
 def _fractions(splits: list[str]) -> tuple[float, ...]:
     counts = Counter(splits)
     return tuple(counts[name] / len(splits) for name in SPLIT_NAMES)
+
+
+def _unit(key: str, salt: str = "") -> float:
+    """The documented per-key hash, written out independently of the module."""
+    salt_digest = hashlib.blake2b(salt.encode(), digest_size=16).digest()
+    digest = hashlib.blake2b(salt_digest + key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _plain_splits(keys: list[str], ratios, salt: str = "") -> list[str]:
+    """Reference: the split of each key from its own hash alone (test | train | dev on [0, 1))."""
+    _, dev, test = ratios
+    return ["test" if _unit(key, salt) < test else "dev" if _unit(key, salt) >= 1 - dev
+            else "train" for key in keys]
+
+
+def _by_class(splits: list[str], labels: list[int]) -> dict[int, list[str]]:
+    grouped = defaultdict(list)
+    for split, label in zip(splits, labels, strict=True):
+        grouped[label].append(split)
+    return grouped
+
+
+def _small_classes(sizes, prefix: str = "small") -> tuple[list[str], list[int]]:
+    """One class per size, with distinct keys."""
+    keys, labels = [], []
+    for label, size in enumerate(sizes):
+        keys += _keys(size, prefix=f"{prefix}{label}-")
+        labels += [label] * size
+    return keys, labels
+
+
+SALTS = [f"salt-{index}" for index in range(50)]
 
 
 # default_split_ratios
@@ -77,14 +110,88 @@ def test_ratios_hold_within_tolerance_on_5000_keys():
         assert abs(observed - expected) < 0.025
 
 
-def test_every_class_is_split_in_the_same_proportions():
-    keys = _keys(6000)
-    labels = [index % 3 for index in range(6000)]  # three classes of 2,000
-    splits = assign_splits(keys, labels, RATIOS)
-    for label in range(3):
-        class_splits = [split for split, lab in zip(splits, labels, strict=True) if lab == label]
-        for observed, expected in zip(_fractions(class_splits), RATIOS, strict=True):
-            assert abs(observed - expected) < 0.04
+def test_the_plain_hash_is_the_documented_one():
+    keys = _keys(2000)
+    assert assign_splits(keys, [0] * 2000, RATIOS, salt="s") == _plain_splits(keys, RATIOS, "s")
+
+
+@pytest.mark.parametrize("size", [3, 4, 5])
+def test_a_class_of_a_few_images_reaches_every_split_for_every_salt(size):
+    keys, labels = _small_classes([size] * 20)
+    for salt in SALTS:
+        splits = assign_splits(keys, labels, RATIOS, salt=salt)
+        for label, class_splits in _by_class(splits, labels).items():
+            assert set(class_splits) == set(SPLIT_NAMES), (salt, label, class_splits)
+
+
+def test_classes_that_reach_every_split_keep_the_plain_hash_assignment():
+    big_keys, big_labels = _keys(400, prefix="big"), [99] * 400
+    small_keys, small_labels = _small_classes([3, 4, 5, 6, 8, 12] * 5)
+    keys, labels = big_keys + small_keys, big_labels + small_labels
+    untouched = moved = 0
+    for salt in SALTS[:10]:
+        splits = _by_class(assign_splits(keys, labels, RATIOS, salt=salt), labels)
+        plain = _by_class(_plain_splits(keys, RATIOS, salt), labels)
+        for label, class_plain in plain.items():
+            missing = set(SPLIT_NAMES) - set(class_plain)
+            changed = sum(a != b for a, b in zip(class_plain, splits[label], strict=True))
+            if missing:
+                moved += 1
+                assert changed == len(missing)  # one example into each missing split
+                assert set(splits[label]) == set(SPLIT_NAMES)
+            else:
+                untouched += 1
+                assert splits[label] == class_plain
+    assert untouched > 100 and moved > 50  # both cases were exercised
+
+
+def test_the_example_nearest_the_missing_split_moves_from_the_largest_split():
+    # with these keys and salt the plain hash puts all three images in train
+    keys, labels = _keys(3, prefix="c"), [0, 0, 0]
+    salt = next(salt for salt in SALTS if set(_plain_splits(keys, RATIOS, salt)) == {"train"})
+    units = [_unit(key, salt) for key in keys]
+    expected = ["train"] * 3
+    expected[units.index(max(units))] = "dev"   # dev is the top of [0, 1)
+    expected[units.index(min(units))] = "test"  # test is the bottom
+    assert assign_splits(keys, labels, RATIOS, salt=salt) == expected
+
+
+def test_a_tie_between_donor_splits_takes_from_train():
+    # with these keys and salt the plain hash puts two images in train and two in test
+    keys, labels = _keys(4, prefix="t"), [0] * 4
+    salt = next(salt for salt in SALTS
+                if sorted(_plain_splits(keys, RATIOS, salt)) == ["test", "test", "train", "train"])
+    expected = _plain_splits(keys, RATIOS, salt)
+    in_train = [index for index, split in enumerate(expected) if split == "train"]
+    expected[max(in_train, key=lambda index: _unit(keys[index], salt))] = "dev"
+    assert assign_splits(keys, labels, RATIOS, salt=salt) == expected
+
+
+def test_a_class_of_two_is_left_as_hashed():
+    keys, labels = _small_classes([2] * 30)
+    for salt in SALTS[:10]:
+        assert assign_splits(keys, labels, RATIOS, salt=salt) == _plain_splits(keys, RATIOS, salt)
+
+
+def test_a_zero_ratio_split_never_receives_a_small_class():
+    keys, labels = _small_classes([3, 4, 5] * 10)
+    for salt in SALTS:
+        splits = assign_splits(keys, labels, (0.8, 0.2, 0.0), salt=salt)
+        for class_splits in _by_class(splits, labels).values():
+            assert set(class_splits) == {"train", "dev"}
+
+
+def test_small_classes_do_not_depend_on_input_order_or_on_other_classes():
+    keys, labels = _small_classes([3, 4, 5] * 10)
+    for salt in SALTS[:10]:
+        first = dict(zip(keys, assign_splits(keys, labels, RATIOS, salt=salt), strict=True))
+        order = list(range(len(keys)))
+        random.Random(salt).shuffle(order)
+        shuffled = assign_splits([keys[i] for i in order], [labels[i] for i in order], RATIOS,
+                                 salt=salt)
+        assert {keys[i]: split for i, split in zip(order, shuffled, strict=True)} == first
+        alone = assign_splits(keys[:3], labels[:3], RATIOS, salt=salt)
+        assert alone == [first[key] for key in keys[:3]]
 
 
 def test_reruns_and_input_order_give_the_same_splits():
@@ -110,6 +217,29 @@ def test_identical_files_always_share_a_split():
     labels = [0] * 300 + [1] * 100  # even under another label
     splits = assign_splits(duplicated, labels, RATIOS)
     assert splits[300:] == splits[:100]
+
+
+def test_identical_files_share_a_split_in_small_classes_too():
+    shared, others = _keys(1, prefix="dup")[0], _keys(5, prefix="other")
+    # class 0 holds the shared file twice, class 1 once
+    keys = [shared, shared, others[0], others[1], shared, others[2], others[3], others[4]]
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    for salt in SALTS:
+        splits = assign_splits(keys, labels, RATIOS, salt=salt)
+        assert splits[0] == splits[1] == splits[4]
+        assert splits[0] == _plain_splits([shared], RATIOS, salt)[0]  # a shared key never moves
+        assert set(splits[:4]) == set(SPLIT_NAMES)  # its two unique keys fill what is missing
+
+
+def test_adding_images_to_a_big_class_never_moves_its_old_images():
+    old_keys = _keys(300, prefix="big")
+    small_keys, small_labels = _small_classes([3, 4, 5] * 4)
+    before = assign_splits(old_keys + small_keys, [99] * 300 + small_labels, RATIOS)
+    new_keys = _keys(200, prefix="new")
+    after = assign_splits(new_keys + old_keys + small_keys,
+                          [99] * 500 + small_labels, RATIOS)
+    assert after[200:] == before
+    assert after[200:500] == _plain_splits(old_keys, RATIOS)
 
 
 def test_salt_changes_the_assignment_but_not_the_ratios():

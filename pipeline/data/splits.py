@@ -8,28 +8,50 @@ How an example's split is chosen:
         dev    if u >= 1 - dev
         train  otherwise
 
-    so its split depends on its own key only:
+    so its split depends on its own key only (small classes aside, see below):
 
     * Reruns give the same splits, on any machine, in any order of the inputs.
-    * Adding images never moves an existing image (at fixed ratios).
+    * Adding images never moves an existing image (at fixed ratios), in every class that
+      the hash alone spreads over all splits (see the small-class rule below).
     * Identical files share a key, so they always land in the same split: no leakage.
     * Stratified in expectation: every class is split with the same ratios on average
       (per class, each example is an independent draw), which for classes of a few hundred
       images is within a few percent. Exact per-class quotas would have to move old images
-      when new ones arrive, so they are traded for stability. A class with a handful of
-      images may miss a split; the data report warns about it.
+      when new ones arrive, so they are traded for stability.
 
     The nested layout (test at the bottom of [0, 1), dev at the top) makes ratio changes
     gentle too: shrinking dev or test, as `default_split_ratios` does when a dataset grows
     past a step, only moves some dev/test images into train, never train images into dev
     or test and never images between dev and test. Pin the ratios in the config
     (`data.split_ratios`) to freeze the splits entirely.
+
+Small classes:
+    A class with a handful of images may miss a split by hash alone. So, per class, after
+    hashing: if the class has at least 3 examples, then for each split with a non-zero ratio
+    that received none of them, in the order train, dev, test, one example moves into it:
+
+    * from the split holding the most examples of the class (ties: train, dev, test), among
+      splits holding at least 2 of them and a movable one, so no split is emptied;
+    * only an example whose key occurs once in all the keys: a duplicated file keeps its
+      hashed split, so identical files still share one;
+    * the one whose u lies closest to the missing split's interval (test [0, test),
+      train [test, 1 - dev), dev [1 - dev, 1)); ties go to the smaller key.
+
+    The rule looks at the class's own keys (and whether they occur elsewhere) only, so it too
+    is independent of input order and of other classes. A class that the hash already spreads
+    over every split is assigned exactly as by the hash alone (a class of n images misses a
+    split of ratio r with probability (1 - r)^n: 0.1% for 30 images at r = 0.2, 0.004% for
+    1,000 at r = 0.01); only in a class that misses a split may adding or removing images
+    change which of its images is moved. A split with ratio 0 never receives an example, and
+    a class of 1 or 2 images, or one without a movable example, may still miss a split; the
+    data report warns about it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,6 +73,8 @@ _HELD_OUT_STEPS: tuple[tuple[int, float], ...] = (
 )
 _RATIO_TOLERANCE = 1e-6
 _HASH_BYTES = 8
+# A class this small may miss a split by hash and is then completed (see the module docstring).
+_MIN_CLASS_TO_COMPLETE = 3
 
 
 def default_split_ratios(num_examples: int) -> tuple[float, float, float]:
@@ -100,11 +124,14 @@ def assign_splits(
 ) -> list[str]:
     """Assigns each example to "train", "dev" or "test" from a hash of its key.
 
+    A class of 3 or more examples that misses a split with a non-zero ratio gets one example
+    moved into it (see "Small classes" in the module docstring); every other example keeps
+    the split of its own hash.
+
     Args:
         keys: One stable key per example; the file's content hash is the usual choice, so
             identical files share a split.
-        labels: One class index per example. Assignment is per key and so stratified in
-            expectation (see the module docstring); labels are checked for length only.
+        labels: One class index per example; used only to complete small classes.
         ratios: (train, dev, test) fractions, each in [0, 1], summing to 1.
         salt: Changes every assignment when changed; use it to draw a different split.
 
@@ -125,7 +152,21 @@ def assign_splits(
         )
     _, dev_ratio, test_ratio = _checked_ratios(ratios)
     salt_digest = hashlib.blake2b(salt.encode("utf-8"), digest_size=16).digest()
-    return [_split_for(_unit_hash(key, salt_digest), dev_ratio, test_ratio) for key in keys]
+    units = [_unit_hash(key, salt_digest) for key in keys]
+    splits = [_split_for(unit, dev_ratio, test_ratio) for unit in units]
+    intervals = _split_intervals(dev_ratio, test_ratio)
+    members = defaultdict(list)
+    for index, label in enumerate(labels):
+        members[label].append(index)
+    # Moves touch unique keys only, each in one class, so classes are completed independently.
+    incomplete = [indices for indices in members.values()
+                  if len(indices) >= _MIN_CLASS_TO_COMPLETE
+                  and not intervals.keys() <= {splits[index] for index in indices}]
+    key_counts = Counter(keys) if incomplete else Counter()
+    for indices in incomplete:
+        movable = [index for index in indices if key_counts[keys[index]] == 1]
+        _complete_class(indices, movable, splits, units, keys, intervals)
+    return splits
 
 
 def _checked_ratios(ratios: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -166,6 +207,36 @@ def _split_for(unit: float, dev_ratio: float, test_ratio: float) -> str:
     if unit >= 1.0 - dev_ratio:
         return "dev"
     return "train"
+
+
+def _split_intervals(dev_ratio: float, test_ratio: float) -> dict[str, tuple[float, float]]:
+    """The [low, high) range of u of each split with a non-zero ratio, in SPLIT_NAMES order."""
+    intervals = {"train": (test_ratio, 1.0 - dev_ratio), "dev": (1.0 - dev_ratio, 1.0),
+                 "test": (0.0, test_ratio)}
+    ratios = {"train": 1.0, "dev": dev_ratio, "test": test_ratio}
+    return {name: intervals[name] for name in SPLIT_NAMES if ratios[name] > 0}
+
+
+def _complete_class(indices: list[int], movable: list[int], splits: list[str],
+                    units: list[float], keys: Sequence[str],
+                    intervals: dict[str, tuple[float, float]]) -> None:
+    """Moves one movable example of a class into each split it misses, in place."""
+    for name, (low, high) in intervals.items():
+        counts = Counter(splits[index] for index in indices)
+        # a donor split keeps at least one example of the class
+        candidates = [index for index in movable if counts[splits[index]] >= 2]
+        if counts[name] or not candidates:
+            continue
+        donor = max({splits[index] for index in candidates},
+                    key=lambda split: (counts[split], -SPLIT_NAMES.index(split)))
+        nearest = min((index for index in candidates if splits[index] == donor),
+                      key=lambda index: (_distance(units[index], low, high), keys[index]))
+        splits[nearest] = name
+
+
+def _distance(unit: float, low: float, high: float) -> float:
+    """How far a hash value lies outside [low, high); 0 inside."""
+    return max(low - unit, unit - high, 0.0)
 
 
 def stratified_sample(labels: np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
