@@ -58,7 +58,7 @@ backbones: install
 search: install $(DATA_DEPS)
 	$(call pipeline,search)
 
-test: install
+test: install $(FASHION_MNIST)
 	$(PY) -m pytest -q
 test-slow: install $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow

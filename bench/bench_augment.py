@@ -27,12 +27,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.datasets import FLOWERS, train_images  # noqa: E402
-from pipeline.augment import BatchAugmenter, build_train_transform  # noqa: E402
+from bench.datasets import FLOWERS  # noqa: E402
+from pipeline.augment import BatchAugmenter, build_train_transform, color_pca_for  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
-from pipeline.config import AugmentConfig, ExperimentConfig, TrainConfig  # noqa: E402
 from pipeline.inputs import AugmentedImages, augmented_batches  # noqa: E402
-from pipeline.train import color_pca_for  # noqa: E402
 
 
 def bench_input_pipeline(
@@ -154,13 +152,12 @@ def bench_augment_speed(
 
 def train_transform(images: np.ndarray, chain: str | list[dict], image_size: int, seed: int):
     """The training Compose as `pipeline.train.cache_features` builds it, with the PCA colour
-    shift fitted on `images` by `pipeline.train.color_pca_for` where the chain uses it.
+    shift fitted on `images` by `pipeline.augment.color_pca_for` where the chain uses it.
 
     The Compose is seeded too, for the per-image baseline that calls it directly; a
     `BatchAugmenter` reseeds it per image, as in the product.
     """
-    config = ExperimentConfig(augment=AugmentConfig(chain=chain), train=TrainConfig(seed=seed))
-    color_pca = color_pca_for(config, train_images(images))
+    color_pca = color_pca_for(chain, images, seed=seed)
     return build_train_transform(chain, image_size, color_pca=color_pca, seed=seed)
 
 

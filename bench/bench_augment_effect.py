@@ -124,7 +124,7 @@ def train_and_test(config: ExperimentConfig, data: PreparedData) -> tuple[dict, 
     Returns:
         (what `train` returned, test accuracy)
     """
-    result = train(config, data, config.run_dir)
+    result = train(config.augment, config.model, config.train, data, config.run_dir)
     model = keras.models.load_model(config.run_dir / "model.keras")
     predictions = predict_array(model, data.images("test")).argmax(-1)
     return result, float(np.mean(predictions == data.labels("test")))

@@ -41,7 +41,11 @@ import tensorflow as tf  # noqa: E402
 from bench.bench_augment import train_transform  # noqa: E402
 from bench.datasets import FLOWERS, ArrayData, load_flowers, train_images  # noqa: E402
 from pipeline.augment import BatchAugmenter  # noqa: E402
-from pipeline.backbones import create_backbone, get_backbone_spec  # noqa: E402
+from pipeline.backbones import (  # noqa: E402
+    create_backbone,
+    get_backbone_spec,
+    model_image_size,  # noqa: E402
+)
 from pipeline.config import ExperimentConfig, TrainConfig  # noqa: E402
 from pipeline.features import extract_features, make_forward  # noqa: E402
 from pipeline.inputs import (  # noqa: E402
@@ -57,7 +61,6 @@ from pipeline.train import (  # noqa: E402
     cache_features,
     compile_model,
     frozen_base,
-    model_image_size,
     train_head,
 )
 
@@ -186,7 +189,7 @@ def bench_cached_head(
     data = train_images(images, labels)
     config = _config(chain=chain, backbone=backbone, weights=weights, image_size=image_size,
                      views=views, seed=seed)
-    image_size, views = model_image_size(config.model, data), config.train.cached_views
+    image_size, views = model_image_size(config.model, data.image_size), config.train.cached_views
     base, bottom, top = frozen_base(config.model, image_size)
     augmenter = BatchAugmenter(train_transform(images, config.augment.chain, image_size, seed),
                                seed=seed)
@@ -482,10 +485,11 @@ def _run_ours(data: ArrayData, config: ExperimentConfig) -> dict:
     """Phase 1 as `pipeline.train.train` runs it (`frozen_base`, `cache_features`, `train_head`),
     its clock started before extraction; tested as the evaluate stage tests (`predict_array`)."""
     keras.utils.set_random_seed(config.train.seed)
-    base, bottom, top = frozen_base(config.model, model_image_size(config.model, data))
+    base, bottom, top = frozen_base(config.model, model_image_size(config.model, data.image_size))
     clock = EpochClock()  # the engine's setup (LiteRT: conversion and its check) counts
     with tempfile.TemporaryDirectory() as run_dir:
-        train_cache, dev_cache, _ = cache_features(config, data, Path(run_dir), bottom, top,
+        train_cache, dev_cache, _ = cache_features(config.augment, config.model, config.train,
+                                                   data, Path(run_dir), bottom, top,
                                                    keep_activations=False)
         extraction_s = time.perf_counter() - clock.start
         head = build_head(len(data.class_names), train_cache.pooled.shape[-1], config.model)
@@ -507,7 +511,7 @@ def _run_keras_guide(data: ArrayData, config: ExperimentConfig, epochs: int) -> 
     """
     keras.utils.set_random_seed(config.train.seed)
     base = create_backbone(config.model.backbone, weights=config.model.weights,
-                           image_size=model_image_size(config.model, data))
+                           image_size=model_image_size(config.model, data.image_size))
     base.trainable = False
     inputs = keras.Input(base.input_shape[1:])
     augmented = keras.Sequential(keras_guide_augmentation(config.train.seed),

@@ -22,7 +22,7 @@ FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers
 @dataclass(frozen=True)
 class ArrayData(PreparedData):
     """Prepared data held in memory, for the product's functions that take a `PreparedData`
-    (`pipeline.train.cache_features`, `color_pca_for`, `model_image_size`).
+    (`pipeline.train.cache_features`, `pipeline.augment.color_pca_for`).
 
     `images(split)` and `labels(split)` return the arrays given instead of reading the data
     stage's files; `directory` only says where they came from.

@@ -1,24 +1,25 @@
 """Command line: `python -m pipeline <stage> --config FILE [section.key=value ...]`.
 
-Parses arguments and dispatches to `pipeline.run`; user errors (bad config, missing data, no
-network) are printed as one clear line with exit status 2 instead of a traceback.
+Parses arguments and dispatches to `pipeline.run` (or the backbone list, predict, search).
+User errors (`pipeline.errors.UserError`: a bad config, missing data, no network) are printed
+as one clear line with exit status 2 instead of a traceback; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.errors import ConfigError, UserError  # noqa: E402
+from pipeline.run import STAGES  # noqa: E402
 
-COMMANDS = ("data", "preview", "train", "evaluate", "export", "all", "predict", "backbones",
-            "search")
+COMMANDS = (*STAGES, "all", "predict", "backbones", "search")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted. Finished stages are kept; rerun to continue.", file=sys.stderr)
         return 130
-    except USER_ERRORS as error:
+    except UserError as error:
         if os.environ.get("PIPELINE_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
@@ -70,64 +71,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(arguments: argparse.Namespace) -> int:
-    from pipeline.run import STAGES, run_stages
-
     config = load_config(arguments.config, arguments.overrides)
     if arguments.command == "backbones":
-        from pipeline.backbones import get_backbone_spec, list_backbones
+        from pipeline.backbones import describe_backbones
 
-        for name in list_backbones():
-            spec = get_backbone_spec(name)
-            print(f"{name:22s} default {spec.default_image_size}px, "
-                  f"{spec.min_image_size}-{spec.max_image_size}px, "
-                  f"preprocessing {spec.preprocessing}, fine-tunes from {spec.unfreeze_from}")
-        return 0
-    if arguments.command == "predict":
-        return _predict(config, arguments)
-    if arguments.command == "search":
+        print("\n".join(describe_backbones()))
+    elif arguments.command == "predict":
+        from pipeline.predict import predict_command
+
+        if not arguments.images:
+            raise ConfigError("predict needs --images PATH (a file or a folder), "
+                              "e.g. make predict IMAGES=photos/")
+        predict_command(Path(arguments.model or Path(config.export.models_dir) / config.name),
+                        Path(arguments.images))
+    elif arguments.command == "search":
         from pipeline.run import run_search
 
         run_search(config)
-        return 0
-    stages = STAGES if arguments.command == "all" else (arguments.command,)
-    run_stages(config, stages, force=arguments.force)
+    else:
+        from pipeline.run import run_stages
+
+        stages = tuple(STAGES) if arguments.command == "all" else (arguments.command,)
+        run_stages(config, stages, force=arguments.force)
     return 0
-
-
-def _predict(config, arguments: argparse.Namespace) -> int:
-    import keras
-
-    from pipeline.predict import find_images, predict_files
-
-    if not arguments.images:
-        raise ConfigError("predict needs --images PATH (a file or a folder), "
-                          "e.g. make predict IMAGES=photos/")
-    model_dir = Path(arguments.model or Path(config.export.models_dir) / config.name)
-    if not (model_dir / "model.keras").is_file():
-        raise FileNotFoundError(f"No exported model in '{model_dir}'. Train and export first "
-                                f"(make train), or pass --model models/<run name>.")
-    model = keras.models.load_model(model_dir / "model.keras")
-    stored_size = json.loads((model_dir / "preprocessing.json").read_text())["stored_size"]
-    for result in predict_files(model, find_images(Path(arguments.images)),
-                                stored_size=stored_size):
-        if "error" in result:
-            print(f"{result['file']}: skipped ({result['error']})")
-        else:
-            best = ", ".join(f"{p['class']} {p['probability']:.3f}"
-                             for p in result["predictions"])
-            print(f"{result['file']}: {best}")
-    return 0
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.data.images import ImageDecodeError
-    from pipeline.data.tfds_source import DatasetUnavailableError
-    from pipeline.run import StageOrderError
-
-    # ValueError and RuntimeError cover bad data and unavailable weights raised by the stages,
-    # whose messages name the file or key and the fix.
-    return (ConfigError, FileNotFoundError, NotADirectoryError, ImageDecodeError,
-            DatasetUnavailableError, StageOrderError, ValueError, RuntimeError, OSError)
-
-
-USER_ERRORS = _user_errors()

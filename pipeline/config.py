@@ -22,9 +22,21 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.atomic import write_text
+from pipeline.data.images import DEFAULT_MAX_PIXELS
+from pipeline.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says how to fix it."""
+# The allowed values of choice-valued keys, written once: loading checks them, and the modules
+# that act on a choice take their list from here.
+Source = Literal["fashion_mnist", "folder", "tfds"]
+Layout = Literal["auto", "class_folders", "split_folders"]
+SplitBy = Literal["content", "path"]
+OnBadFile = Literal["skip", "error"]
+ClassWeight = Literal["none", "balanced"]
+EarlyStoppingMonitor = Literal["val_loss", "val_accuracy"]
+ExtractionEngine = Literal["auto", "litert", "tensorflow"]
+ExtractionPrecision = Literal["auto", "float32", "float16"]
+ExportFormat = Literal["keras", "litert", "saved_model"]
 
 
 @dataclass(frozen=True)
@@ -55,16 +67,16 @@ class DataConfig:
         cache_dir: where decoded images and downloads are kept.
     """
 
-    source: str = "fashion_mnist"
+    source: Source = "fashion_mnist"
     path: str = "/usr/share/datasets/fashion-mnist"
     tfds_name: str = ""
     image_size: int | Literal["auto"] = 160
-    layout: Literal["auto", "class_folders", "split_folders"] = "auto"
+    layout: Layout = "auto"
     split_folders: dict[str, str] = field(default_factory=dict)
     split_ratios: tuple[float, ...] = ()
-    split_by: str = "content"
-    on_bad_file: str = "skip"
-    max_image_pixels: int = 40_000_000
+    split_by: SplitBy = "content"
+    on_bad_file: OnBadFile = "skip"
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_examples: int = 0
     cache_dir: str = "data"
 
@@ -142,11 +154,11 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4
     decay_rate: float = 0.8
     early_stopping_patience: int = 3
-    early_stopping_monitor: str = "val_loss"
-    class_weight: str = "none"
+    early_stopping_monitor: EarlyStoppingMonitor = "val_loss"
+    class_weight: ClassWeight = "none"
     mixup_alpha: float = 0.0
-    extraction_engine: str = "auto"
-    extraction_precision: str = "auto"
+    extraction_engine: ExtractionEngine = "auto"
+    extraction_precision: ExtractionPrecision = "auto"
     seed: int = 0
 
 
@@ -178,7 +190,7 @@ class ExportConfig:
     """
 
     models_dir: str = "models"
-    formats: tuple[str, ...] = ("keras", "litert")
+    formats: tuple[ExportFormat, ...] = ("keras", "litert")
 
 
 @dataclass(frozen=True)
@@ -220,21 +232,23 @@ class ExperimentConfig:
         return Path(self.runs_dir) / self.name
 
 
-CHOICES = {
-    "data.source": ("fashion_mnist", "folder", "tfds"),
-    "data.split_by": ("content", "path"),
-    "data.on_bad_file": ("skip", "error"),
-    "train.class_weight": ("none", "balanced"),
-    "train.early_stopping_monitor": ("val_loss", "val_accuracy"),
-    "train.extraction_engine": ("auto", "litert", "tensorflow"),
-    "train.extraction_precision": ("auto", "float32", "float16"),
-}
-EXPORT_FORMATS = ("keras", "litert", "saved_model")
+SECTIONS = ("data", "augment", "model", "train", "evaluate", "export", "search")
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
     "search.trials",
 }
 FRACTIONS = {"model.dropout", "train.decay_rate", "evaluate.baseline_error"}
+
+
+def choice_keys() -> dict[str, tuple[str, ...]]:
+    """Every choice-valued key ("train.class_weight") and its allowed values, from the types."""
+    choices = {}
+    for section in SECTIONS:
+        hints = typing.get_type_hints(type(getattr(ExperimentConfig(), section)))
+        for name, kind in hints.items():
+            if typing.get_origin(kind) is Literal:
+                choices[f"{section}.{name}"] = typing.get_args(kind)
+    return choices
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -266,10 +280,7 @@ def to_dict(config: Any) -> dict:
 
 def save_config(config: ExperimentConfig, path: Path) -> None:
     """Writes the resolved config, so a run folder always says exactly what ran."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    temporary.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True))
 
 
 def _read_yaml(path: Path) -> dict:
@@ -338,6 +349,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Checks one value against its annotated type, allowing int -> float and list -> tuple."""
     origin = typing.get_origin(kind)
     if origin is Literal:
+        if value is None and "none" in typing.get_args(kind):
+            return "none"  # YAML reads a bare `none` as null
         if value not in typing.get_args(kind):
             raise _choice_error(key, value, typing.get_args(kind))
         return value
@@ -413,13 +426,9 @@ def _type_error(key: str, value: Any, kind: Any) -> ConfigError:
 
 def _validate(config: ExperimentConfig) -> None:
     flat = {}
-    for section in ("data", "augment", "model", "train", "evaluate", "export", "search"):
+    for section in SECTIONS:
         for name, value in dataclasses.asdict(getattr(config, section)).items():
             flat[f"{section}.{name}"] = value
-    for key, allowed in CHOICES.items():
-        if flat[key] not in allowed:
-            raise ConfigError(f"Config key '{key}' must be one of: {', '.join(allowed)}. "
-                              f"Received: {flat[key]!r}.")
     for key in POSITIVE:
         if not isinstance(flat[key], str) and flat[key] <= 0:
             raise ConfigError(f"Config key '{key}' must be positive. Received: {flat[key]!r}.")
@@ -454,10 +463,10 @@ def _validate_names(config: ExperimentConfig) -> None:
 
 
 def _validate_formats(formats: tuple[str, ...]) -> None:
-    unknown = [name for name in formats if name not in EXPORT_FORMATS]
-    if unknown or "keras" not in formats or len(set(formats)) != len(formats):
+    if "keras" not in formats or len(set(formats)) != len(formats):
+        allowed = ", ".join(typing.get_args(ExportFormat))
         raise ConfigError(f"Config key 'export.formats' must list distinct formats from "
-                          f"{', '.join(EXPORT_FORMATS)}, 'keras' included (predict reads it), "
+                          f"{allowed}, 'keras' included (predict reads it), "
                           f"e.g. [keras, litert]. Received: {list(formats)!r}.")
 
 

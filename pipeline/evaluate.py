@@ -1,7 +1,9 @@
-"""Evaluation: classification metrics, the bias/variance diagnosis and terminal tables.
+"""The evaluate stage: held-out metrics, the bias/variance diagnosis and terminal tables.
 
-Everything here is a pure function of numpy arrays and plain dicts, so it is cheap to test
-and never imports TensorFlow. Errors are fractions in [0, 1] throughout (0.125 means 12.5%).
+`evaluate_stage` runs the trained model of a run on its train sample, dev and test splits (the
+test split is read here and nowhere else), writes `metrics.json` and the run report. Everything
+else is a pure function of numpy arrays and plain dicts, cheap to test; importing this module
+never imports TensorFlow. Errors are fractions in [0, 1] throughout (0.125 means 12.5%).
 
 The diagnosis follows Andrew Ng's recipe for reading train/dev/test errors:
 
@@ -20,16 +22,21 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.data.splits import stratified_sample
+from pipeline.atomic import write_json
+from pipeline.config import EvaluateConfig
+from pipeline.data.splits import SPLIT_NAMES, stratified_sample
 
-SPLITS = ("train", "dev", "test")
 TOP_K = 5
+DIAGNOSIS_TOLERANCE = 0.02
+"""A gap between errors (avoidable bias, variance, dev/test) above this counts as a problem."""
 # Gaps are differences of floats: 0.07 - 0.05 is 0.020000000000000004, which must not count
 # as exceeding a 0.02 tolerance.
 _GAP_EPSILON = 1e-9
@@ -48,41 +55,54 @@ _VARIANCE_TRADE_OFF_STEPS = (
 )
 
 
-# --------------------------------------------------------------------------- predictions
+# --------------------------------------------------------------------------- the stage
 
 
-def predict_dataset(model: Any, dataset: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `model` over `dataset` once and returns labels and predictions that line up.
-
-    Calling `model.predict(dataset)` and then iterating the dataset again for the labels
-    silently misaligns them when the dataset shuffles on every pass; this reads both from
-    the same batches.
+def evaluate_stage(config: EvaluateConfig, run_dir: Path, *, config_summary: dict) -> list[str]:
+    """Evaluates `run_dir/model.keras` on the run's splits; writes metrics.json and the report.
 
     Args:
-        model: Anything with `predict_on_batch(images)` (a Keras model).
-        dataset: An iterable of `(images, labels)` or `(images, labels, sample_weights)`
-            batches, e.g. a batched `tf.data.Dataset`.
+        config: the evaluate section of the experiment config.
+        run_dir: the run folder, holding the data stage's output and the trained model.
+        config_summary: the resolved experiment config as a dict, listed in the report.
 
     Returns:
-        `(labels, probabilities)` as numpy arrays, ready for `classification_metrics`.
-
-    Raises:
-        ValueError: If the dataset yields no batches.
+        The outputs written, relative to `run_dir`.
     """
-    label_batches, probability_batches = [], []
-    for batch in dataset:
-        images, labels = batch[0], batch[1]
-        probability_batches.append(np.asarray(model.predict_on_batch(images)))
-        label_batches.append(np.asarray(labels))
-    if not label_batches:
-        raise ValueError(
-            "The dataset yielded no batches. Expected at least one (images, labels) batch; "
-            "check the split is not empty and is not an exhausted iterator."
-        )
-    return np.concatenate(label_batches), np.concatenate(probability_batches)
+    import keras
+
+    from pipeline.data.prepare import load_prepared
+    from pipeline.predict import predict_array
+    from pipeline.report import write_report
+    from pipeline.train import load_history
+
+    data = load_prepared(run_dir / "data")
+    model = keras.models.load_model(run_dir / "model.keras")
+    metrics = {}
+    for split in SPLIT_NAMES:
+        images, labels = data.images(split), data.labels(split)
+        if split == "train":
+            # Train error on a stable stratified sample: enough for a bias/variance diagnosis.
+            keep = train_error_sample(labels, config.train_error_examples)
+            images, labels = images[keep], labels[keep]
+        started = time.perf_counter()
+        probabilities = predict_array(model, images, description=f"Evaluating ({split})")
+        metrics[split] = classification_metrics(labels, probabilities, data.class_names)
+        metrics[split]["seconds"] = time.perf_counter() - started
+    diagnosis = diagnose_bias_variance(
+        train_error=metrics["train"]["error"], dev_error=metrics["dev"]["error"],
+        test_error=metrics["test"]["error"], baseline_error=config.baseline_error)
+    history = load_history(run_dir)
+    result = {**metrics, "diagnosis": diagnosis, "class_names": list(data.class_names),
+              "timings": history["timings"], "image_size": history["image_size"]}
+    write_json(run_dir / "metrics.json", result)
+    print(format_per_class_table(metrics["test"]))
+    print(format_metrics_table(metrics, diagnosis=diagnosis))
+    print(f"Report: {write_report(run_dir, result, history, config_summary=config_summary)}")
+    return ["metrics.json", "report.md"]
 
 
-# --------------------------------------------------------------------------- metrics
+# --------------------------------------------------------------------------- predictions
 
 
 def train_error_sample(labels: np.ndarray, count: int) -> np.ndarray:
@@ -284,7 +304,7 @@ def diagnose_bias_variance(
     dev_error: float,
     test_error: float | None = None,
     baseline_error: float = 0.0,
-    tolerance: float = 0.02,
+    tolerance: float = DIAGNOSIS_TOLERANCE,
 ) -> dict:
     """Reads train/dev/test errors the way Andrew Ng's recipe does and advises what to try.
 
@@ -522,15 +542,15 @@ def split_errors(errors_by_split: dict[str, Any]) -> dict[str, float]:
     Raises:
         ValueError: If empty, a split name is unknown or a split carries no error.
     """
-    unknown = sorted(set(errors_by_split) - set(SPLITS))
+    unknown = sorted(set(errors_by_split) - set(SPLIT_NAMES))
     if unknown or not errors_by_split:
         raise ValueError(
-            f"Expected split names among {', '.join(SPLITS)}. Received: {sorted(errors_by_split)}. "
-            "Rename 'val'/'validation' to 'dev'."
+            f"Expected split names among {', '.join(SPLIT_NAMES)}. Received: "
+            f"{sorted(errors_by_split)}. Rename 'val'/'validation' to 'dev'."
         )
     return {
         split: _error_of(split, errors_by_split[split])
-        for split in SPLITS
+        for split in SPLIT_NAMES
         if split in errors_by_split
     }
 

@@ -18,10 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.atomic import atomic_path
+from pipeline.config import ExportConfig
+from pipeline.errors import UnavailableError
 from pipeline.litert import LiteRTModel, litert_available
 from pipeline.model import read_class_names
 from pipeline.predict import eval_inputs
-from pipeline.stages import atomic_path
 
 PARITY_IMAGES = 64
 EXPORTED_FILES = {"keras": "model.keras", "litert": "model.tflite", "saved_model": "saved_model"}
@@ -33,6 +35,24 @@ HOW_TO_LOAD = {
     "saved_model": "model = tf.saved_model.load(path); model.serve(images), or TensorFlow "
                    "Serving",
 }
+
+
+def export_stage(config: ExportConfig, name: str, run_dir: Path) -> list[str]:
+    """Exports the run's trained model to `<export.models_dir>/<name>/`, checked.
+
+    Returns:
+        The exported model.keras, as an absolute path (the export lives outside the run).
+    """
+    from pipeline.data.prepare import load_prepared
+
+    data = load_prepared(run_dir / "data")
+    export_dir = Path(config.models_dir) / name
+    export_model(run_dir, export_dir, check_images=np.asarray(data.images("test")[:PARITY_IMAGES]),
+                 stored_size=data.image_size, formats=config.formats)
+    written = [EXPORTED_FILES[format_name] for format_name in config.formats]
+    print(f"Exported to {export_dir} ({', '.join(written)}, labels.txt, preprocessing.json, "
+          f"metrics.json), each model checked against the trained one")
+    return [str((export_dir / "model.keras").resolve())]
 
 
 def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
@@ -53,7 +73,7 @@ def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
         RuntimeError: an exported model predicts differently from the trained one.
     """
     if "litert" in formats and not litert_available():
-        raise RuntimeError("export.formats includes 'litert', but the LiteRT runtime (package "
+        raise UnavailableError("export.formats includes 'litert', but the LiteRT runtime (package "
                            "ai-edge-litert, which has no Windows wheels) is not installed, so "
                            "model.tflite could not be checked. Install it, or export without "
                            "it: export.formats=[keras].")

@@ -15,6 +15,7 @@ the backbones where it is faster, on LiteRT (`pipeline.litert`).
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from pipeline.config import ExtractionEngine
 from pipeline.inputs import augmented_batches, pad_batch
 from pipeline.litert import (
     PRECISIONS,
@@ -32,7 +34,7 @@ from pipeline.litert import (
     native_float16,
 )
 
-ENGINES = ("tensorflow", "litert")
+ENGINES = tuple(name for name in typing.get_args(ExtractionEngine) if name != "auto")
 # The agreement check's bound on |LiteRT - TensorFlow|, as a share of the largest output (at
 # least 1): float32 round-off, and float16 arithmetic (Lite0 on random pixels, pooled features
 # and activations: 1.1% and 1.6% at 160 px, 6.5% and 1.1% at 32 px). A wrong conversion is

@@ -22,9 +22,12 @@ import os
 import platform
 import sys
 import tempfile
+import typing
 
 import numpy as np
 import tensorflow as tf
+
+from pipeline.config import ExtractionPrecision
 
 
 def convert(function: tf.types.experimental.PolymorphicFunction,
@@ -42,7 +45,7 @@ def convert(function: tf.types.experimental.PolymorphicFunction,
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], function).convert()
 
 
-PRECISIONS = ("float32", "float16")
+PRECISIONS = tuple(name for name in typing.get_args(ExtractionPrecision) if name != "auto")
 # XNNPACK delegate flags (tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h): its defaults
 # (quantized operators, signed and unsigned) plus IEEE half-precision inference, forced
 XNNPACK_FLAGS_FLOAT16 = 0x1 | 0x2 | 0x4

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import keras
 
 from pipeline.config import ModelConfig
+from pipeline.errors import DataError
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -59,7 +60,7 @@ def read_class_names(model: keras.Model) -> list[str]:
     try:
         return list(model.get_layer("class_names").class_names)
     except ValueError:
-        raise ValueError(f"Model '{model.name}' has no 'class_names' layer; it was not exported "
+        raise DataError(f"Model '{model.name}' has no 'class_names' layer; it was not exported "
                          f"by this pipeline. Read the names from labels.txt instead.") from None
 
 

@@ -6,6 +6,7 @@ like the eval transform, so a deployed model sees what it saw in evaluation.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -14,11 +15,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline.augment import BatchAugmenter, build_eval_transform
-from pipeline.data.images import ImageDecodeError, load_image, resize_square
+from pipeline.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_square
+from pipeline.errors import MissingInputError
 from pipeline.inputs import augmented_batches, pad_batch
 from pipeline.model import read_class_names
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
 
 
 def predict_array(model: keras.Model, images: np.ndarray, *, batch_size: int = 128,
@@ -50,12 +50,32 @@ def eval_inputs(images: np.ndarray, image_size: int) -> np.ndarray:
 def find_images(target: Path) -> list[Path]:
     """One file, or every image file under a folder (sorted, hidden files left out)."""
     if not target.exists():
-        raise FileNotFoundError(f"'{target}' does not exist. Pass an image file or a folder.")
+        raise MissingInputError(f"'{target}' does not exist. Pass an image file or a folder.")
     if target.is_file():
         return [target]
     return sorted(path for path in target.rglob("*")
-                  if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                  if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
                   and not path.name.startswith("."))
+
+
+def predict_command(model_dir: Path, images: Path) -> None:
+    """`python -m pipeline predict`: prints the top classes of each image file under `images`.
+
+    Raises:
+        MissingInputError: `model_dir` holds no exported model, or `images` does not exist.
+    """
+    if not (model_dir / "model.keras").is_file():
+        raise MissingInputError(f"No exported model in '{model_dir}'. Train and export first "
+                                f"(make train), or pass --model models/<run name>.")
+    model = keras.models.load_model(model_dir / "model.keras")
+    stored_size = json.loads((model_dir / "preprocessing.json").read_text())["stored_size"]
+    for result in predict_files(model, find_images(images), stored_size=stored_size):
+        if "error" in result:
+            print(f"{result['file']}: skipped ({result['error']})")
+        else:
+            best = ", ".join(f"{p['class']} {p['probability']:.3f}"
+                             for p in result["predictions"])
+            print(f"{result['file']}: {best}")
 
 
 def predict_files(model: keras.Model, paths: list[Path], *, stored_size: int,

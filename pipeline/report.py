@@ -19,11 +19,9 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,7 +29,9 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from pipeline.evaluate import SPLITS, diagnose_bias_variance, split_errors
+from pipeline.atomic import write_text, write_with
+from pipeline.data.splits import SPLIT_NAMES
+from pipeline.evaluate import DIAGNOSIS_TOLERANCE, diagnose_bias_variance, split_errors
 
 DPI = 120
 ANNOTATE_MAX_CLASSES = 20  # above this, per-cell counts no longer fit in the cells
@@ -45,42 +45,6 @@ GAP_NAMES = {
 _NOT_PLOTTED = {"learning_rate", "lr"}
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Writes a file through a temporary sibling and `os.replace`, so it is never half-written.
-
-    Args:
-        path: Destination; missing parent folders are created.
-        write: Called with a binary file handle open on the temporary file.
-
-    Returns:
-        `path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # NamedTemporaryFile is private (0600) by default
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Writes UTF-8 text atomically; see `write_atomically`."""
-    return write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
 def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
@@ -88,7 +52,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save_figure(figure: Figure, path: Path) -> Path:
-    return write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
+    return write_with(path, lambda handle: figure.savefig(handle, format="png"))
 
 
 # --------------------------------------------------------------------------- training curves
@@ -295,20 +259,22 @@ def plot_error_bars(
     errors_by_split: dict[str, float],
     path: Path,
     *,
+    diagnosis: dict | None = None,
     baseline_error: float = 0.0,
-    tolerance: float = 0.02,
 ) -> Path:
     """Draws baseline, train, dev and test error as bars with the gaps between them labelled.
 
     The gaps are the bias/variance picture: baseline -> train is avoidable bias, train -> dev
-    is variance, dev -> test is the dev/test gap. A gap above `tolerance` is drawn in red.
+    is variance, dev -> test is the dev/test gap. A gap above the diagnosis' tolerance is red.
 
     Args:
         errors_by_split: `{split: error}` (or `{split: metrics dict}`) for splits among
             "train", "dev", "test".
         path: Where to write the PNG.
-        baseline_error: Human-level or Bayes-error proxy.
-        tolerance: Largest gap drawn as acceptable.
+        diagnosis: The run's `diagnose_bias_variance` result, whose verdict, baseline and
+            tolerance the plot shows; without it, one is made from train and dev (if both
+            are given) with `baseline_error` and the default tolerance.
+        baseline_error: Human-level or Bayes-error proxy, used when no diagnosis is given.
 
     Returns:
         `path`.
@@ -316,15 +282,17 @@ def plot_error_bars(
     Raises:
         ValueError: If a split name is unknown or an error is not a fraction in [0, 1].
     """
-    errors = {"baseline": baseline_error, **split_errors(errors_by_split)}
-    title = "Error by split"
-    if {"train", "dev"} <= errors.keys():
+    errors = split_errors(errors_by_split)
+    if diagnosis is None and {"train", "dev"} <= errors.keys():
         diagnosis = diagnose_bias_variance(
             train_error=errors["train"], dev_error=errors["dev"], test_error=errors.get("test"),
-            baseline_error=baseline_error, tolerance=tolerance,
-        )
+            baseline_error=baseline_error)
+    title, tolerance = "Error by split", DIAGNOSIS_TOLERANCE
+    if diagnosis is not None:
+        baseline_error, tolerance = diagnosis["baseline_error"], diagnosis["tolerance"]
         flag = ", dev/test mismatch" if diagnosis["dev_test_mismatch"] else ""
         title = f"Bias / variance: {diagnosis['verdict']}{flag}"
+    errors = {"baseline": baseline_error, **errors}
     figure = _new_figure(1.6 * len(errors) + 1.5, 4.5)
     axes = figure.subplots()
     _draw_error_bars(axes, errors)
@@ -411,13 +379,13 @@ def write_run_report(
     lines += _timings_section(timings)
     lines += _per_class_section(metrics)
     lines += _plots_section(plots, run_dir)
-    return write_text_atomically(run_dir / "report.md", "\n".join(lines))
+    return write_text(run_dir / "report.md", "\n".join(lines))
 
 
 def _validate_metrics_by_split(metrics: dict) -> None:
-    if not set(metrics) & set(SPLITS):
+    if not set(metrics) & set(SPLIT_NAMES):
         raise ValueError(
-            f"Expected metrics keyed by split, at least one of {', '.join(SPLITS)}, each a "
+            f"Expected metrics keyed by split, at least one of {', '.join(SPLIT_NAMES)}, each a "
             f"classification_metrics() result. Received keys: {sorted(metrics)}. "
             "Wrap a single result as {'test': metrics}."
         )
@@ -425,7 +393,7 @@ def _validate_metrics_by_split(metrics: dict) -> None:
 
 def _headline_section(metrics: dict, diagnosis: dict) -> list[str]:
     rows = []
-    for split in (split for split in SPLITS if split in metrics):
+    for split in (split for split in SPLIT_NAMES if split in metrics):
         split_metrics = metrics[split]
         top5 = split_metrics.get("top5_accuracy")
         rows.append([
@@ -460,7 +428,7 @@ def _timings_section(timings: dict[str, float]) -> list[str]:
 
 
 def _per_class_section(metrics: dict) -> list[str]:
-    split = next(split for split in reversed(SPLITS) if split in metrics)
+    split = next(split for split in reversed(SPLIT_NAMES) if split in metrics)
     per_class = metrics[split]["per_class"]
     rows = [
         [name, f"{scores['precision']:.3f}", f"{scores['recall']:.3f}", f"{scores['f1']:.3f}",
@@ -515,3 +483,36 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+# ------------------------------------------------------------------ the evaluate stage's report
+
+
+def write_report(run_dir: Path, metrics: dict, history: dict, *, config_summary: dict) -> Path:
+    """The run's plots and `report.md`, from the evaluate stage's metrics and the train history.
+
+    Args:
+        run_dir: the run folder; the plots are written beside `report.md`.
+        metrics: what the evaluate stage writes to metrics.json: metrics per split,
+            "diagnosis", "class_names".
+        history: `train_history.json` (per-epoch metrics, phase boundaries, timings).
+        config_summary: the resolved experiment config as a dict.
+
+    Returns:
+        The path of `report.md`.
+    """
+    plots = {
+        "training curves": plot_history(history["history"], run_dir / "training_curves.png",
+                                        phase_boundaries=history["phase_boundaries"]),
+        "confusion matrix (test)": plot_confusion_matrix(
+            metrics["test"]["confusion_matrix"], metrics["class_names"],
+            run_dir / "confusion_matrix.png"),
+        "bias / variance": plot_error_bars(
+            {split: metrics[split]["error"] for split in SPLIT_NAMES}, run_dir / "errors.png",
+            diagnosis=metrics["diagnosis"]),
+    }
+    if (run_dir / "augment_preview.png").exists():
+        plots["augmentation preview"] = run_dir / "augment_preview.png"
+    return write_run_report(run_dir, metrics=metrics, diagnosis=metrics["diagnosis"],
+                            timings=history["timings"], plots=plots,
+                            config_summary=config_summary)

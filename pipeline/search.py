@@ -21,10 +21,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from pipeline.atomic import write_json
+from pipeline.backbones import model_image_size
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepare import PreparedData
 from pipeline.model import build_head
-from pipeline.stages import write_json
 from pipeline.train import (
     HEAD_STEPS_PER_EXECUTION,
     cache_features,
@@ -33,7 +34,6 @@ from pipeline.train import (
     compile_model,
     early_stopping,
     frozen_base,
-    model_image_size,
 )
 
 # hyperparameter -> the config key it sets
@@ -75,6 +75,26 @@ class _ProgressRandomSearch(keras_tuner.RandomSearch):
         self.progress.update(1)
 
 
+def search_stage(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> dict:
+    """`make search`: the random search on the run's prepared data, its best trials printed.
+
+    Args:
+        config: the experiment (the search reads `search`, `augment`, `model` and `train`).
+        run_dir: the run folder, whose data stage has run.
+        fingerprint: the search's fingerprint (`pipeline.run.stage_fingerprints`).
+
+    Returns:
+        What `search_head` returns.
+    """
+    from pipeline.data.prepare import load_prepared
+
+    result = search_head(config, load_prepared(run_dir / "data"), run_dir, fingerprint)
+    print(format_results(result))
+    print(f"All trials: {run_dir / 'search' / 'results.json'}, plot: "
+          f"{run_dir / 'search' / 'search.png'}")
+    return result
+
+
 def search_head(config: ExperimentConfig, data: PreparedData, run_dir: Path,
                 fingerprint: str) -> dict:
     """Runs `config.search.trials` random draws and writes the ranked trials and a plot.
@@ -90,8 +110,9 @@ def search_head(config: ExperimentConfig, data: PreparedData, run_dir: Path,
          "best_overrides": ["train.head_learning_rate=...", ...]}
     """
     keras.utils.set_random_seed(config.train.seed)
-    _, bottom, top = frozen_base(config.model, model_image_size(config.model, data))
-    train_cache, dev_cache, _ = cache_features(config, data, run_dir, bottom, top,
+    _, bottom, top = frozen_base(config.model, model_image_size(config.model, data.image_size))
+    train_cache, dev_cache, _ = cache_features(config.augment, config.model, config.train,
+                                               data, run_dir, bottom, top,
                                                keep_activations=False)
     num_classes = len(data.class_names)
     train_data, dev_data = cached_datasets(train_cache.pooled, data.labels("train"),

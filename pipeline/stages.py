@@ -1,4 +1,4 @@
-"""Run folders, the lock file, skip-if-fresh and atomic writes.
+"""The lock file and skip-if-fresh.
 
 Each stage records in `runs/<name>/lock.json` a fingerprint of what it read: its slice of the
 resolved config and the hashes of its input artifacts. When a stage is asked to run again and
@@ -8,15 +8,13 @@ lock file. A stage that fails or is killed records nothing, so it runs again nex
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pipeline.atomic import write_json
 
 LOCK_FILE = "lock.json"
 
@@ -77,50 +75,3 @@ def run_stage(run_dir: Path, stage: str, stage_fingerprint: str, work: Callable[
     outputs = work()
     record_stage(run_dir, stage, stage_fingerprint, outputs)
     return True
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`, moved into place only if the block succeeds.
-
-    An interrupted write leaves no file that looks complete. Works for files and folders.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    target = temporary / path.name
-    try:
-        yield target
-        if path.is_dir():
-            _remove(path)
-        os.replace(target, path)
-    finally:
-        _remove(temporary)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Writes JSON atomically (temporary file, then rename)."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text)
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to JSON: {value!r}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)

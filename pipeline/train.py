@@ -21,32 +21,39 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipeline.atomic import atomic_path, write_json
 from pipeline.augment import (
     BatchAugmenter,
     build_eval_transform,
     build_train_transform,
-    fit_color_pca,
-    resolve_chain,
+    color_pca_for,
 )
-from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec, split_backbone
-from pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
-from pipeline.data.prepare import PreparedData
+from pipeline.backbones import (
+    create_backbone,
+    freeze_backbone,
+    get_backbone_spec,
+    model_image_size,
+    split_backbone,
+)
+from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.data.prepare import PreparedData, load_prepared
 from pipeline.features import FeatureCache, Forward, extract_features, make_forward
 from pipeline.inputs import CachedViews
 from pipeline.litert import available_cpus
 from pipeline.model import adam_with_decay, assemble_classifier, build_head
-from pipeline.stages import atomic_path, write_json
 
 
-def model_image_size(model: ModelConfig, data: PreparedData) -> int:
-    """The model's input size: the config's; "auto", the size the data stage stored; 0, the
-    backbone spec's default."""
-    if model.image_size == "auto":
-        return data.image_size
-    return model.image_size or get_backbone_spec(model.backbone).default_image_size
+def train_stage(augment: AugmentConfig, model: ModelConfig, training: TrainConfig,
+                run_dir: Path) -> list[str]:
+    """The train stage: both phases on the run's prepared data; prints where the time went."""
+    result = train(augment, model, training, load_prepared(run_dir / "data"), run_dir)
+    timings = ", ".join(f"{key} {value:.0f}s" for key, value in result["timings"].items())
+    print(f"Training done: {timings}")
+    return ["model.keras", "train_history.json"]
 
 
-def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
+def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, data: PreparedData,
+          run_dir: Path) -> dict:
     """Runs both phases and saves `run_dir/model.keras`.
 
     Returns:
@@ -54,52 +61,46 @@ def train(config: ExperimentConfig, data: PreparedData, run_dir: Path) -> dict:
          "phase_boundaries": epochs at which phase 2 began, "image_size": the model's input
          side, "extraction_engine" and "extraction_precision": what ran the frozen base}
     """
-    keras.utils.set_random_seed(config.train.seed)
-    spec = get_backbone_spec(config.model.backbone)
-    base, bottom, top = frozen_base(config.model, model_image_size(config.model, data))
+    keras.utils.set_random_seed(training.seed)
+    spec = get_backbone_spec(model.backbone)
+    image_size = model_image_size(model, data.image_size)
+    base, bottom, top = frozen_base(model, image_size)
     timings = {}
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
     train_cache, dev_cache, forward = cache_features(
-        config, data, run_dir, bottom, top, keep_activations=config.train.fine_tune_epochs > 0)
+        augment, model, training, data, run_dir, bottom, top,
+        keep_activations=training.fine_tune_epochs > 0)
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
 
-    head = build_head(len(data.class_names), train_cache.pooled.shape[-1], config.model)
+    head = build_head(len(data.class_names), train_cache.pooled.shape[-1], model)
     started = time.perf_counter()
     history = train_head(head, train_cache.pooled, train_labels, dev_cache.pooled, dev_labels,
-                         config.train, run_dir / "backup" / "phase1")
+                         training, run_dir / "backup" / "phase1")
     timings["phase1_head_s"] = time.perf_counter() - started
     boundaries = [len(history.get("loss", []))]
 
-    if config.train.fine_tune_epochs:
+    if training.fine_tune_epochs:
         freeze_backbone(base, spec, unfreeze_top=True)
         started = time.perf_counter()
         history2 = fine_tune(top, head, train_cache.activations, train_labels,
-                             dev_cache.activations, dev_labels, config.train,
+                             dev_cache.activations, dev_labels, training,
                              run_dir / "backup" / "phase2")
         timings["phase2_fine_tune_s"] = time.perf_counter() - started
         for key, values in history2.items():
             history.setdefault(key, []).extend(values)
 
     freeze_backbone(base, spec, unfreeze_top=False)
-    model = assemble_classifier(base, head, data.class_names)
+    classifier = assemble_classifier(base, head, data.class_names)
     with atomic_path(run_dir / "model.keras") as path:
-        model.save(path)
+        classifier.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": model_image_size(config.model, data),
-              "extraction_engine": forward.engine, "extraction_precision": forward.precision}
+              "image_size": image_size, "extraction_engine": forward.engine,
+              "extraction_precision": forward.precision}
     write_json(run_dir / "train_history.json", result)
     return result
-
-
-def color_pca_for(config: ExperimentConfig, data: PreparedData):
-    """AlexNet's PCA colour shift follows the principal components of the training pixels;
-    fitted only when the chain uses `PCAColorShift`."""
-    if not any(step["name"] == "PCAColorShift" for step in resolve_chain(config.augment.chain)):
-        return None
-    return fit_color_pca(np.asarray(data.images("train")), seed=config.train.seed)
 
 
 def frozen_base(model: ModelConfig,
@@ -115,32 +116,33 @@ def frozen_base(model: ModelConfig,
     return base, *split_backbone(base, spec)
 
 
-def cache_features(config: ExperimentConfig, data: PreparedData, run_dir: Path, bottom, top,
-                   *, keep_activations: bool) -> tuple[FeatureCache, FeatureCache, Forward]:
+def cache_features(augment: AugmentConfig, model: ModelConfig, training: TrainConfig,
+                   data: PreparedData, run_dir: Path, bottom, top, *,
+                   keep_activations: bool) -> tuple[FeatureCache, FeatureCache, Forward]:
     """The frozen base's outputs for K augmented views of train and the plain view of dev.
 
     Returns:
         (train cache, dev cache, the `Forward` that ran the base); the PCA colour shift fitted on
         the way, if the chain uses it, is saved as `run_dir/color_pca.json`.
     """
-    image_size = model_image_size(config.model, data)
-    color_pca = color_pca_for(config, data)
+    image_size = model_image_size(model, data.image_size)
+    color_pca = color_pca_for(augment.chain, data.images("train"), seed=training.seed)
     if color_pca is not None:
         color_pca.save(run_dir / "color_pca.json")
-    train_transform = build_train_transform(config.augment.chain, image_size, color_pca=color_pca)
-    train_augmenter = BatchAugmenter(train_transform, seed=config.train.seed)
-    eval_augmenter = BatchAugmenter(build_eval_transform(image_size), seed=config.train.seed)
-    engine = config.train.extraction_engine
+    train_transform = build_train_transform(augment.chain, image_size, color_pca=color_pca)
+    train_augmenter = BatchAugmenter(train_transform, seed=training.seed)
+    eval_augmenter = BatchAugmenter(build_eval_transform(image_size), seed=training.seed)
+    engine = training.extraction_engine
     if engine == "auto":
-        engine = get_backbone_spec(config.model.backbone).extraction_engine
-    forward = make_forward(bottom, top, batch_size=config.train.batch_size, engine=engine,
-                           precision=config.train.extraction_precision)
+        engine = get_backbone_spec(model.backbone).extraction_engine
+    forward = make_forward(bottom, top, batch_size=training.batch_size, engine=engine,
+                           precision=training.extraction_precision)
     print(f"Feature extraction runs on {forward.engine} in {forward.precision} "
           f"({available_cpus()} CPU cores).")
     train_cache = extract_features(forward, data.images("train"), train_augmenter,
-                                   views=config.train.cached_views,
+                                   views=training.cached_views,
                                    keep_activations=keep_activations,
-                                   description=f"Features of {config.train.cached_views} "
+                                   description=f"Features of {training.cached_views} "
                                                f"augmented views (train)")
     dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
                                  keep_activations=keep_activations,
@@ -251,6 +253,6 @@ def load_history(run_dir: Path) -> dict:
     return json.loads((run_dir / "train_history.json").read_text())
 
 
-__all__ = ["train", "train_head", "HEAD_STEPS_PER_EXECUTION", "fine_tune", "class_weights",
-           "model_image_size", "frozen_base", "cache_features", "cached_datasets", "compile_model",
-           "early_stopping", "FeatureCache", "load_history"]
+__all__ = ["train_stage", "train", "train_head", "HEAD_STEPS_PER_EXECUTION", "fine_tune",
+           "class_weights", "frozen_base", "cache_features",
+           "cached_datasets", "compile_model", "early_stopping", "FeatureCache", "load_history"]

@@ -7,9 +7,13 @@ folders with real flowers128 photos, or generated JPEGs where flowers128 is abse
 
 from __future__ import annotations
 
+import ast
 import io
 import shutil
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -17,9 +21,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.datasets import FLOWERS
+
 _EXIF_ORIENTATION_TAG = 0x0112
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
-"""Real photos kept beside the project (never inside it); absent on a fresh clone."""
+
+
+def albumentations_flag_at_import(*modules: str) -> str | None:
+    """The value of NO_ALBUMENTATIONS_UPDATE (unset at the start) when importing `modules` in a
+    fresh Python first imports albumentations, which checks for updates over the network on
+    import unless it is set."""
+    script = textwrap.dedent(f"""
+        import importlib, importlib.abc, os, sys
+        os.environ.pop("NO_ALBUMENTATIONS_UPDATE", None)
+        seen = []
+
+        class Watch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "albumentations" and not seen:
+                    seen.append(os.environ.get("NO_ALBUMENTATIONS_UPDATE"))
+
+        sys.meta_path.insert(0, Watch())
+        for module in {list(modules)!r}:
+            importlib.import_module(module)
+        print(seen)
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               check=True, cwd=Path(__file__).resolve().parents[1])
+    seen = ast.literal_eval(completed.stdout.strip().splitlines()[-1])
+    return seen[0] if seen else None
 
 
 def copy_photos(folder: Path, per_class: int, *, offset: int = 0) -> list[str]:

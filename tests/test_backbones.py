@@ -20,11 +20,13 @@ from pipeline.backbones import (
     freeze_backbone,
     get_backbone_spec,
     list_backbones,
+    model_image_size,
     read_legacy_state_dict,
     split_backbone,
 )
 from pipeline.backbones.lite0 import PADDINGS, block_names
 from pipeline.backbones.torch_weights import lite0_key_map, lite0_weights_file, load_lite0_weights
+from pipeline.config import ModelConfig
 
 FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
 IMAGENET_DAISY = 985
@@ -395,3 +397,9 @@ def test_default_padding_is_at_least_as_good_as_the_other(daisy_hits):
     rates = {padding: (top1.mean(), top5.mean()) for padding, (top1, top5) in daisy_hits.items()}
     assert default_top1.mean() >= other_top1.mean(), rates
     assert default_top5.mean() >= other_top5.mean(), rates
+
+
+@pytest.mark.parametrize(("image_size", "expected"), [("auto", 96), (0, 224), (128, 128)])
+def test_model_image_size_follows_the_config_the_data_stage_or_the_spec(image_size, expected):
+    model = ModelConfig(backbone="efficientnet_lite0", image_size=image_size)
+    assert model_image_size(model, stored_size=96) == expected

@@ -1,9 +1,9 @@
 import pytest
 
 from pipeline.config import (
-    CHOICES,
     ConfigError,
     ExperimentConfig,
+    choice_keys,
     load_config,
     save_config,
     to_dict,
@@ -57,12 +57,13 @@ def test_bad_choice_lists_allowed_values():
         load_config(None, ["data.source=s3"])
 
 
-@pytest.mark.parametrize("key", sorted(CHOICES))
+@pytest.mark.parametrize("key", sorted(choice_keys()))
 def test_every_choice_key_accepts_its_choices_and_refuses_others(key):
-    for choice in CHOICES[key]:
+    choices = choice_keys()[key]
+    for choice in choices:
         section, name = key.split(".")
         assert getattr(getattr(load_config(None, [f"{key}={choice}"]), section), name) == choice
-    with pytest.raises(ConfigError, match=f"'{key}' must be one of: {', '.join(CHOICES[key])}"):
+    with pytest.raises(ConfigError, match=f"'{key}' must be one of: {', '.join(choices)}"):
         load_config(None, [f"{key}=not_a_choice"])
 
 

@@ -8,7 +8,6 @@ from pipeline.evaluate import (
     diagnose_bias_variance,
     format_metrics_table,
     format_per_class_table,
-    predict_dataset,
     top_k_accuracy,
     train_error_sample,
 )
@@ -137,32 +136,6 @@ def test_nan_probabilities_raise_value_error():
     probabilities[2, 1] = np.nan
     with pytest.raises(ValueError, match="finite"):
         classification_metrics(LABELS, probabilities, CLASS_NAMES)
-
-
-# --------------------------------------------------------------------------- predictions
-
-
-class ScaledIdentityModel:
-    """Stands in for a Keras model: the 'images' are already the scores."""
-
-    def predict_on_batch(self, images):
-        return np.asarray(images) * 2.0
-
-
-def test_predict_dataset_keeps_labels_aligned_with_predictions():
-    batches = [
-        (scores_for(np.array([0, 1]), 3), np.array([0, 1])),
-        (scores_for(np.array([2]), 3), np.array([2]), np.ones(1)),  # sample weights ignored
-    ]
-    labels, probabilities = predict_dataset(ScaledIdentityModel(), batches)
-    np.testing.assert_array_equal(labels, [0, 1, 2])
-    np.testing.assert_array_equal(probabilities.argmax(axis=1), [0, 1, 2])
-    assert probabilities.shape == (3, 3)
-
-
-def test_predict_dataset_rejects_an_empty_dataset():
-    with pytest.raises(ValueError, match="no batches"):
-        predict_dataset(ScaledIdentityModel(), [])
 
 
 # --------------------------------------------------------------------------- diagnosis

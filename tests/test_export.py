@@ -86,8 +86,13 @@ def test_litert_export_without_the_runtime_is_a_clear_error_before_writing(run_d
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("formats", ["[litert]", "[keras, onnx]", "[keras, keras]"])
-def test_export_formats_are_checked_when_the_config_loads(formats):
-    with pytest.raises(ConfigError, match="'export.formats' must list distinct formats from "
-                                          "keras, litert, saved_model, 'keras' included"):
+@pytest.mark.parametrize(("formats", "message"), [
+    ("[litert]", "'export.formats' must list distinct formats from keras, litert, saved_model, "
+                 "'keras' included"),
+    ("[keras, keras]", "'export.formats' must list distinct formats"),
+    ("[keras, onnx]", "'export.formats' must be one of: keras, litert, saved_model. "
+                      "Received: 'onnx'"),
+])
+def test_export_formats_are_checked_when_the_config_loads(formats, message):
+    with pytest.raises(ConfigError, match=message):
         load_config(None, [f"export.formats={formats}"])

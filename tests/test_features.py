@@ -197,7 +197,7 @@ def test_an_unknown_precision_is_refused(lite0_base):
 
 def test_an_unknown_engine_is_refused(lite0_base):
     _, (bottom, top) = lite0_base
-    with pytest.raises(ValueError, match="Expected one of: tensorflow, litert"):
+    with pytest.raises(ValueError, match="Expected one of: litert, tensorflow"):
         make_forward(bottom, top, batch_size=4, engine="onnx")
 
 

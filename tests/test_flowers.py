@@ -14,11 +14,11 @@ from pathlib import Path
 import keras
 import pytest
 
+from bench.datasets import FLOWERS
 from pipeline.config import load_config
 from pipeline.model import read_class_names
 from pipeline.run import run_stages
 
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers128"
 FOLDER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "folder.yaml"
 CLASS_NAMES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 PHOTOS = 4317

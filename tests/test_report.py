@@ -14,9 +14,7 @@ from pipeline.report import (
     plot_confusion_matrix,
     plot_error_bars,
     plot_history,
-    write_atomically,
     write_run_report,
-    write_text_atomically,
 )
 
 HISTORY = {
@@ -236,19 +234,6 @@ def test_atomic_write_leaves_no_temporary_file(run_inputs):
     write_run_report(**run_inputs)
     assert_no_temporary_files(run_inputs["run_dir"])
     assert sorted(path.name for path in run_inputs["run_dir"].iterdir()) == ["plots", "report.md"]
-
-
-def test_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path):
-    path = write_text_atomically(tmp_path / "report.md", "complete report\n")
-
-    def write_half_then_fail(handle):
-        handle.write(b"half a rep")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_atomically(path, write_half_then_fail)
-    assert path.read_text() == "complete report\n"
-    assert [child.name for child in tmp_path.iterdir()] == ["report.md"]
 
 
 def test_importing_does_not_load_pyplot_or_tensorflow():

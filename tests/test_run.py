@@ -36,9 +36,15 @@ def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
                  "training_curves.png", "confusion_matrix.png"):
         assert (run_dir / name).exists(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    counts = json.loads((run_dir / "data" / "dataset.json").read_text())["counts"]
     for split in ("train", "dev", "test"):
-        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+        # every example of each split (train has fewer than train_error_examples) was scored
+        confusion = np.array(metrics[split]["confusion_matrix"])
+        assert confusion.sum() == metrics[split]["num_examples"] == counts[split]
+        assert metrics[split]["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+        assert metrics[split]["error"] == pytest.approx(1 - metrics[split]["accuracy"])
     assert metrics["test"]["num_examples"] == 20  # the official test split, untouched
+    assert metrics["diagnosis"]["train_error"] == pytest.approx(metrics["train"]["error"])
     export_dir = tmp_path / "models" / "tiny"
     labels = (export_dir / "labels.txt").read_text().splitlines()
     assert labels[0] == "T-shirt/top" and len(labels) == 10

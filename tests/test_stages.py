@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from pipeline.stages import atomic_path, fingerprint, is_fresh, record_stage, run_stage, write_json
+from pipeline.atomic import write_json
+from pipeline.stages import fingerprint, is_fresh, record_stage, run_stage
 
 
 def test_fingerprint_changes_with_config_and_input_content(tmp_path):
@@ -39,25 +40,6 @@ def test_failed_stage_records_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         run_stage(tmp_path, "s", "f1", work)
     assert not is_fresh(tmp_path, "s", "f1")
-
-
-def test_atomic_path_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "result.json"
-    with pytest.raises(ValueError):
-        with atomic_path(target) as temporary:
-            temporary.write_text("half")
-            raise ValueError("interrupted")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_path_replaces_folders(tmp_path):
-    target = tmp_path / "export"
-    for content in ("old", "new"):
-        with atomic_path(target) as temporary:
-            temporary.mkdir()
-            (temporary / "file.txt").write_text(content)
-    assert (target / "file.txt").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_write_json_and_lock(tmp_path):

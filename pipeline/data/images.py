@@ -33,8 +33,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.errors import DataError
+
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"jpeg", "png", "gif", "bmp"})
 """Formats `load_image` decodes, named as `sniff_format` names them."""
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib"}
+)
+"""File extensions of the supported formats: what a folder scan and `predict` look for."""
 
 KNOWN_UNSUPPORTED_FORMATS: frozenset[str] = frozenset({"webp", "tiff", "heic", "avif"})
 """Formats `sniff_format` recognises but `load_image` refuses."""
@@ -60,7 +66,7 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(DataError):
     """An image file cannot be used; `str(error)` is a one-line reason without the path."""
 
     def __init__(self, reason: str):

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.atomic import atomic_path
 from pipeline.config import DataConfig
 from pipeline.data.folder import SkippedFile, scan_image_folder
 from pipeline.data.images import ImageDecodeError, load_image, resize_square
 from pipeline.data.report import build_data_report, format_data_report, write_data_report
-from pipeline.data.splits import assign_splits, default_split_ratios
-from pipeline.stages import atomic_path
-
-SPLITS = ("train", "dev", "test")
+from pipeline.data.splits import SPLIT_NAMES, assign_splits, default_split_ratios
+from pipeline.errors import DataError, MissingInputError
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,11 @@ def load_prepared(directory: Path) -> PreparedData:
     """Opens a data stage output folder.
 
     Raises:
-        FileNotFoundError: the data stage has not run for this run folder.
+        MissingInputError: the data stage has not run for this run folder.
     """
     info = directory / "dataset.json"
     if not info.is_file():
-        raise FileNotFoundError(f"No prepared data in '{directory}'. Run the data stage first: "
+        raise MissingInputError(f"No prepared data in '{directory}'. Run the data stage first: "
                                 f"make data (or python -m pipeline data --config ...).")
     dataset = json.loads(info.read_text())
     return PreparedData(directory, tuple(dataset["class_names"]), dataset["image_size"])
@@ -90,12 +89,12 @@ def prepare_data(config: DataConfig, output_dir: Path, *,
         The data report as a dict.
 
     Raises:
-        ValueError: fewer than two classes, or a split that would be empty; the message says
+        DataError: fewer than two classes, or a split that would be empty; the message says
             what to add.
     """
     source = read_source(config, auto_size_range)
     if len(source.class_names) < 2:
-        raise ValueError(f"Found {len(source.class_names)} class(es) in {source.description}: "
+        raise DataError(f"Found {len(source.class_names)} class(es) in {source.description}: "
                          f"{list(source.class_names)}. A classifier needs at least two classes "
                          f"(one sub-folder per class).")
     keep = _cap_examples(source.keys, config.max_examples)
@@ -104,7 +103,7 @@ def prepare_data(config: DataConfig, output_dir: Path, *,
     labels_by_split = {}
     with atomic_path(output_dir) as folder:
         folder.mkdir()
-        for split in SPLITS:
+        for split in SPLIT_NAMES:
             chosen = np.flatnonzero(splits == split)
             np.save(folder / f"{split}_images.npy", source.images[chosen])
             np.save(folder / f"{split}_labels.npy", source.labels[chosen])
@@ -183,10 +182,10 @@ def _read_fashion_mnist(config: DataConfig, size_range: tuple[int, int]) -> Sour
 
 
 def _read_tfds(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
-    from pipeline.data.tfds_source import SPLIT_NAMES, load_tfds
+    from pipeline.data.tfds_source import TFDS_SPLITS, load_tfds
 
     if not config.tfds_name:
-        raise ValueError("data.source is 'tfds' but data.tfds_name is empty. "
+        raise DataError("data.source is 'tfds' but data.tfds_name is empty. "
                          "Set it, e.g. data.tfds_name=tf_flowers.")
     image_size, notes = _stored_size(config, [], size_range)
     loaded = load_tfds(config.tfds_name, Path(config.cache_dir) / "tfds", image_size)
@@ -194,7 +193,7 @@ def _read_tfds(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
     for split, (split_images, split_labels) in loaded["splits"].items():
         images.append(split_images)
         labels.append(split_labels)
-        given += [SPLIT_NAMES.get(split, "")] * len(split_labels)
+        given += [TFDS_SPLITS.get(split, "")] * len(split_labels)
     images = np.concatenate(images)
     return SourceData(loaded["class_names"], images, np.concatenate(labels),
                       _content_keys(images), given, f"tfds:{config.tfds_name}", {}, image_size,
@@ -277,12 +276,12 @@ def _assign(source: SourceData, keep: np.ndarray,
         return result, {}
     # The train share stays, each missing split takes its own ratio, renormalised over train.
     carve = [ratio if split == "train" or split not in given_splits else 0.0
-             for split, ratio in zip(SPLITS, ratios, strict=True)]
+             for split, ratio in zip(SPLIT_NAMES, ratios, strict=True)]
     carve = [ratio / sum(carve) for ratio in carve]
     train = keep[given[keep] == "train"]
     if len(train) and max(carve[1:]) > 0:
         result[train] = assign_splits(list(keys[train]), labels[train], tuple(carve), salt="dev")
-    return result, {split: share for split, share in zip(SPLITS[1:], carve[1:], strict=True)
+    return result, {split: share for split, share in zip(SPLIT_NAMES[1:], carve[1:], strict=True)
                     if share > 0}
 
 
@@ -293,12 +292,12 @@ def _carve_notes(carved: dict[str, float]) -> list[str]:
 
 def _require_every_split(splits: np.ndarray, carved: dict[str, float], description: str) -> None:
     """Stops before any training when train, dev or test would be empty."""
-    counts = {split: int(np.sum(splits == split)) for split in SPLITS}
+    counts = {split: int(np.sum(splits == split)) for split in SPLIT_NAMES}
     for split, count in counts.items():
         if count:
             continue
         where = "the given train split" if split in carved else "the usable images"
-        raise ValueError(
+        raise DataError(
             f"The {split} split of {description} would be empty (train {counts['train']}, dev "
             f"{counts['dev']}, test {counts['test']} images, taken from {where}). Add images: "
             f"a few dozen per class at least, or a {split} folder of class folders beside "

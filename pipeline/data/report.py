@@ -7,21 +7,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import write_json, write_text
+from pipeline.data.splits import SPLIT_NAMES
+
 IMBALANCE_WARNING_RATIO = 3.0
 """A largest/smallest class ratio above this gets a warning suggesting class weights."""
 
 CLASS_WEIGHT_CONFIG = "train.class_weight: balanced"
-SPLIT_ORDER: tuple[str, ...] = ("train", "dev", "test")
 JSON_FILE_NAME = "data_report.json"
 MARKDOWN_FILE_NAME = "data_report.md"
 _MARKDOWN_ROW_LIMIT = 50
@@ -121,8 +119,8 @@ def build_data_report(
 
 def _ordered(labels_by_split: Mapping[str, Any]) -> dict[str, Any]:
     """The splits in train/dev/test order, any other names after them."""
-    names = [name for name in SPLIT_ORDER if name in labels_by_split]
-    names += [name for name in labels_by_split if name not in SPLIT_ORDER]
+    names = [name for name in SPLIT_NAMES if name in labels_by_split]
+    names += [name for name in labels_by_split if name not in SPLIT_NAMES]
     return {name: labels_by_split[name] for name in names}
 
 
@@ -238,39 +236,9 @@ def write_data_report(report: dict, directory: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / JSON_FILE_NAME
     markdown_path = directory / MARKDOWN_FILE_NAME
-    text = json.dumps(report, indent=2, ensure_ascii=False, default=_json_value) + "\n"
-    _write_atomically(json_path, text)
-    _write_atomically(markdown_path, format_data_report_markdown(report))
+    write_json(json_path, report)
+    write_text(markdown_path, format_data_report_markdown(report))
     return json_path, markdown_path
-
-
-def _json_value(value: Any) -> Any:
-    """Converts numpy numbers, arrays and paths that `json` cannot write by itself."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (Path, tuple, set, frozenset)):
-        return str(value) if isinstance(value, Path) else list(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to the JSON data report.")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Writes text to a temporary file beside `path`, then renames it over `path`."""
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def format_data_report_markdown(report: dict) -> str:

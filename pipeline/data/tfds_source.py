@@ -8,11 +8,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.images import resize_square
+from pipeline.errors import UnavailableError
 
-SPLIT_NAMES = {"train": "train", "validation": "dev", "dev": "dev", "test": "test"}
+TFDS_SPLITS = {"train": "train", "validation": "dev", "dev": "dev", "test": "test"}
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UnavailableError):
     """A tfds dataset could not be downloaded or prepared; the message says what to do."""
 
 
