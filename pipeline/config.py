@@ -442,9 +442,16 @@ def _validate(config: ExperimentConfig) -> None:
     _validate_formats(config.export.formats)
     _validate_search_ranges(config.search)
     _validate_names(config)
-    if not config.name or "/" in config.name:
-        raise ConfigError(f"Config key 'name' must be a plain folder name. "
-                          f"Received: {config.name!r}.")
+    _validate_run_name(config.name)
+
+
+def _validate_run_name(name: str) -> None:
+    """The run folder is `<runs_dir>/<name>` and the export `<models_dir>/<name>`: the name must
+    not lead anywhere else."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
+        raise ConfigError(f"Config key 'name' must be a plain folder name: no '/' or '\\', not "
+                          f"starting with '.' ('..' would leave {ExperimentConfig.runs_dir}/), no "
+                          f"leading or trailing spaces, e.g. name=photos. Received: {name!r}.")
 
 
 def _validate_names(config: ExperimentConfig) -> None:

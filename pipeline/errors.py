@@ -33,5 +33,9 @@ class UnavailableError(UserError, RuntimeError):
     """Something the run needs cannot be had here: a download, pretrained weights, a runtime."""
 
 
+class RunInUseError(UserError, RuntimeError):
+    """Another process is writing the same run folder."""
+
+
 class StageOrderError(UserError, RuntimeError):
     """A stage was asked to run before the stage whose output it reads."""

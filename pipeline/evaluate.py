@@ -69,15 +69,14 @@ def evaluate_stage(config: EvaluateConfig, run_dir: Path, *, config_summary: dic
     Returns:
         The outputs written, relative to `run_dir`.
     """
-    import keras
-
     from pipeline.data.prepare import load_prepared
+    from pipeline.model import load_classifier
     from pipeline.predict import predict_array
     from pipeline.report import write_report
     from pipeline.train import load_history
 
     data = load_prepared(run_dir / "data")
-    model = keras.models.load_model(run_dir / "model.keras")
+    model = load_classifier(run_dir / "model.keras")
     metrics = {}
     for split in SPLIT_NAMES:
         images, labels = data.images(split), data.labels(split)

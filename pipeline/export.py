@@ -22,7 +22,7 @@ from pipeline.atomic import atomic_path
 from pipeline.config import ExportConfig
 from pipeline.errors import UnavailableError
 from pipeline.litert import LiteRTModel, litert_available
-from pipeline.model import read_class_names
+from pipeline.model import load_classifier, read_class_names
 from pipeline.predict import eval_inputs
 
 PARITY_IMAGES = 64
@@ -78,7 +78,7 @@ def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,
                            "model.tflite could not be checked. Install it, or export without "
                            "it: export.formats=[keras].")
     formats = tuple(dict.fromkeys(("keras", *formats)))
-    trained = keras.models.load_model(run_dir / "model.keras")
+    trained = load_classifier(run_dir / "model.keras")
     inputs = eval_inputs(check_images, trained.input_shape[1]).astype("float32")
     expected = trained(inputs, training=False).numpy()
     with atomic_path(export_dir) as folder:
@@ -116,7 +116,7 @@ def _write_preprocessing(folder: Path, model: keras.Model, stored_size: int,
 def _run_exported(name: str, path: Path, inputs: np.ndarray) -> np.ndarray:
     """Class probabilities of the model written at `path`, loaded as a user would load it."""
     if name == "keras":
-        return keras.models.load_model(path)(inputs, training=False).numpy()
+        return load_classifier(path)(inputs, training=False).numpy()
     if name == "litert":
         return LiteRTModel(path.read_bytes(), input_shape=inputs.shape)(inputs)[0]
     loaded = tf.saved_model.load(str(path))  # keep it referenced: it owns the variables

@@ -10,6 +10,7 @@ its config), so a `.keras` file always knows what its outputs mean.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 
@@ -53,6 +54,23 @@ def assemble_classifier(base: keras.Model, head: keras.Model,
     probabilities = head(pooled)
     outputs = ClassNames(class_names, name="class_names")(probabilities)
     return keras.Model(inputs, outputs, name="classifier")
+
+
+def load_classifier(path: Path) -> keras.Model:
+    """Loads a `.keras` classifier in Keras' safe mode: a file whose layers carry code (a
+    `Lambda` layer's pickled function) is refused, never run.
+
+    Raises:
+        DataError: the file holds code, or is not a Keras model file.
+    """
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except ValueError as error:
+        if "safe_mode" not in str(error) and "Lambda" not in str(error):
+            raise
+        raise DataError(f"'{path}' holds a layer with code (a Lambda layer); loading it would "
+                        f"run that code, so it is refused (Keras safe mode). Export the model "
+                        f"with this pipeline, whose models carry no code.") from None
 
 
 def read_class_names(model: keras.Model) -> list[str]:

@@ -18,7 +18,7 @@ from pipeline.augment import BatchAugmenter, build_eval_transform
 from pipeline.data.images import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_square
 from pipeline.errors import MissingInputError
 from pipeline.inputs import augmented_batches, pad_batch
-from pipeline.model import read_class_names
+from pipeline.model import load_classifier, read_class_names
 
 
 def predict_array(model: keras.Model, images: np.ndarray, *, batch_size: int = 128,
@@ -67,7 +67,7 @@ def predict_command(model_dir: Path, images: Path) -> None:
     if not (model_dir / "model.keras").is_file():
         raise MissingInputError(f"No exported model in '{model_dir}'. Train and export first "
                                 f"(make train), or pass --model models/<run name>.")
-    model = keras.models.load_model(model_dir / "model.keras")
+    model = load_classifier(model_dir / "model.keras")
     stored_size = json.loads((model_dir / "preprocessing.json").read_text())["stored_size"]
     for result in predict_files(model, find_images(images), stored_size=stored_size):
         if "error" in result:

@@ -12,13 +12,14 @@ the fingerprint of the search. Each stage's body lives in the module named after
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig, save_config, to_dict
 from pipeline.errors import StageOrderError
-from pipeline.stages import fingerprint, read_lock, run_stage
+from pipeline.stages import file_digest, fingerprint, read_lock, run_folder_lock, run_stage
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ def _preview(config: ExperimentConfig, run_dir: Path) -> list[str]:
 def _train(config: ExperimentConfig, run_dir: Path) -> list[str]:
     from pipeline.train import train_stage
 
-    return train_stage(config.augment, config.model, config.train, run_dir)
+    # A backup resumes only the config that wrote it: its folder is named by the fingerprint.
+    backup = run_dir / "backup" / stage_fingerprints(config)["train"]
+    return train_stage(config.augment, config.model, config.train, run_dir, backup_dir=backup)
 
 
 def _evaluate(config: ExperimentConfig, run_dir: Path) -> list[str]:
@@ -89,17 +92,27 @@ def _sections(*names: str) -> Callable[[ExperimentConfig], dict]:
     return lambda config: {name: to_dict(getattr(config, name)) for name in names}
 
 
+def _training_reads(config: ExperimentConfig) -> dict:
+    """Training's sections, and the content of a local weights file: a file replaced under the
+    same path must retrain."""
+    reads = _sections("augment", "model", "train")(config)
+    weights = Path(config.model.weights).expanduser()
+    if config.model.weights.lower() not in ("imagenet", "none") and weights.is_file():
+        reads["weights_file"] = file_digest(weights)
+    return reads
+
+
 STAGES: dict[str, Stage] = {
     "data": Stage(_data, _data_reads, after=None),
     "preview": Stage(_preview, lambda config: {**_sections("augment", "model")(config),
                                                "seed": config.train.seed}, after="data"),
-    "train": Stage(_train, _sections("augment", "model", "train"), after="data"),
+    "train": Stage(_train, _training_reads, after="data"),
     "evaluate": Stage(_evaluate, _sections("evaluate"), after="train"),
     "export": Stage(_export, lambda config: {**_sections("export")(config),
                                              "name": config.name}, after="evaluate"),
 }
 # Not `search.trials`: raising it resumes the same search.
-SEARCH = Stage(None, lambda config: {**_sections("augment", "model", "train")(config),
+SEARCH = Stage(None, lambda config: {**_training_reads(config),
                                      "ranges": {key: value for key, value in
                                                 to_dict(config.search).items()
                                                 if key != "trials"}}, after="data")
@@ -134,13 +147,17 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = tuple(STAGES)
                force: bool = False) -> None:
     """Runs the given stages in order (each skipped when fresh) and prints where things are."""
     run_dir = config.run_dir
-    save_config(config, run_dir / "config.yaml")
-    fingerprints = stage_fingerprints(config)
-    for name in stages:
-        print(f"\n== {name} ==")
-        _require_upstream(run_dir, name, STAGES[name].after, fingerprints)
-        run_stage(run_dir, name, fingerprints[name],
-                  lambda name=name: STAGES[name].run(config, run_dir), force=force)
+    with run_folder_lock(run_dir):
+        save_config(config, run_dir / "config.yaml")
+        fingerprints = stage_fingerprints(config)
+        if force and "train" in stages and (run_dir / "backup").exists():
+            shutil.rmtree(run_dir / "backup")  # --force trains from scratch, never resumes
+            print("--force: removed the training backup, so training starts from scratch.")
+        for name in stages:
+            print(f"\n== {name} ==")
+            _require_upstream(run_dir, name, STAGES[name].after, fingerprints)
+            run_stage(run_dir, name, fingerprints[name],
+                      lambda name=name: STAGES[name].run(config, run_dir), force=force)
     print(f"\nRun folder: {run_dir}")
     if "export" in stages:
         print(f"Exported model: {Path(config.export.models_dir) / config.name}")
@@ -151,10 +168,12 @@ def run_search(config: ExperimentConfig) -> dict:
     hyperparameters on dev (`pipeline.search`); prints the best trials and their overrides."""
     from pipeline.search import search_stage
 
-    run_stages(config, ("data",))
-    print("\n== search ==")
-    _require_upstream(config.run_dir, "search", SEARCH.after, stage_fingerprints(config))
-    return search_stage(config, config.run_dir, stage_fingerprints(config)["search"])
+    with run_folder_lock(config.run_dir):
+        run_stages(config, ("data",))
+        print("\n== search ==")
+        fingerprints = stage_fingerprints(config)
+        _require_upstream(config.run_dir, "search", SEARCH.after, fingerprints)
+        return search_stage(config, config.run_dir, fingerprints["search"])
 
 
 def _require_upstream(run_dir: Path, stage: str, needed: str | None,

@@ -8,13 +8,24 @@ lock file. A stage that fails or is killed records nothing, so it runs again nex
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import write_json
+from pipeline.errors import RunInUseError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks; runs are not guarded there
+    fcntl = None
+
+LOCK_FILE_OF_PROCESS = ".in_use"
+_HELD: set[Path] = set()
 
 LOCK_FILE = "lock.json"
 
@@ -75,3 +86,41 @@ def run_stage(run_dir: Path, stage: str, stage_fingerprint: str, work: Callable[
     outputs = work()
     record_stage(run_dir, stage, stage_fingerprint, outputs)
     return True
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Holds the run folder for this process: a second process asking for it fails at once.
+
+    An advisory OS lock on `run_dir/.in_use`, which holds the holder's process id; the OS
+    releases it when the process ends, however it ends, so a killed run never leaves the
+    folder locked. Re-entrant within one process.
+
+    Raises:
+        RunInUseError: another live process holds the folder; the message names its id.
+    """
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD or fcntl is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE_OF_PROCESS, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "unknown"
+            raise RunInUseError(
+                f"Run folder '{run_dir}' is in use by process {other}, which is writing it now. "
+                f"Wait for it to finish (or stop it), or run under another name: "
+                f"ARGS=\"name=<other name>\".") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD.add(run_dir)
+        try:
+            yield
+        finally:
+            _HELD.discard(run_dir)
+            fcntl.flock(handle, fcntl.LOCK_UN)

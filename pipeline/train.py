@@ -14,6 +14,7 @@ that a killed run resumes from.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,17 +45,28 @@ from pipeline.model import adam_with_decay, assemble_classifier, build_head
 
 
 def train_stage(augment: AugmentConfig, model: ModelConfig, training: TrainConfig,
-                run_dir: Path) -> list[str]:
-    """The train stage: both phases on the run's prepared data; prints where the time went."""
-    result = train(augment, model, training, load_prepared(run_dir / "data"), run_dir)
+                run_dir: Path, *, backup_dir: Path) -> list[str]:
+    """The train stage: both phases on the run's prepared data; prints where the time went.
+
+    `backup_dir` is where a killed run resumes from; it must be named by this config's
+    fingerprint: backups beside it, written by other configs, are removed with a line saying so.
+    """
+    stale = [path for path in backup_dir.parent.glob("*") if path != backup_dir]
+    for path in sorted(stale):
+        shutil.rmtree(path, ignore_errors=True)
+        path.unlink(missing_ok=True)  # a stray file; rmtree only removes folders
+        print(f"Removed {path}: a training backup of another config, never resumed.")
+    result = train(augment, model, training, load_prepared(run_dir / "data"), run_dir,
+                   backup_dir=backup_dir)
     timings = ", ".join(f"{key} {value:.0f}s" for key, value in result["timings"].items())
     print(f"Training done: {timings}")
     return ["model.keras", "train_history.json"]
 
 
 def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, data: PreparedData,
-          run_dir: Path) -> dict:
-    """Runs both phases and saves `run_dir/model.keras`.
+          run_dir: Path, *, backup_dir: Path | None = None) -> dict:
+    """Runs both phases and saves `run_dir/model.keras`; each phase keeps a backup in
+    `backup_dir` (default `run_dir/backup`) that a killed run resumes from.
 
     Returns:
         {"history": per-epoch metrics of both phases, "timings": seconds per step,
@@ -78,7 +90,7 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     head = build_head(len(data.class_names), train_cache.pooled.shape[-1], model)
     started = time.perf_counter()
     history = train_head(head, train_cache.pooled, train_labels, dev_cache.pooled, dev_labels,
-                         training, run_dir / "backup" / "phase1")
+                         training, (backup_dir or run_dir / "backup") / "phase1")
     timings["phase1_head_s"] = time.perf_counter() - started
     boundaries = [len(history.get("loss", []))]
 
@@ -87,7 +99,7 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         started = time.perf_counter()
         history2 = fine_tune(top, head, train_cache.activations, train_labels,
                              dev_cache.activations, dev_labels, training,
-                             run_dir / "backup" / "phase2")
+                             (backup_dir or run_dir / "backup") / "phase2")
         timings["phase2_fine_tune_s"] = time.perf_counter() - started
         for key, values in history2.items():
             history.setdefault(key, []).extend(values)

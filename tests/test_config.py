@@ -111,3 +111,9 @@ def test_augmentation_chain_is_checked_when_the_config_loads():
 def test_unknown_backbone_is_checked_when_the_config_loads():
     with pytest.raises(ConfigError, match="model.backbone.*resnet50"):
         load_config(None, ["model.backbone=resnet5"])
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "../elsewhere", "a\\b"])
+def test_run_names_cannot_leave_the_runs_folder(name):
+    with pytest.raises(ConfigError, match="'name' must be a plain folder name"):
+        load_config(None, [f"name={name}"])

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from pipeline.config import ModelConfig
-from pipeline.model import adam_with_decay, assemble_classifier, build_head, read_class_names
+from pipeline.errors import DataError
+from pipeline.model import (
+    adam_with_decay,
+    assemble_classifier,
+    build_head,
+    load_classifier,
+    read_class_names,
+)
 
 CLASS_NAMES = ["cat", "dog", "émeu"]
 
@@ -124,3 +131,11 @@ def test_the_learning_rate_decays_by_the_rate_each_epoch(steps_per_epoch, step, 
     assert isinstance(optimizer, keras.optimizers.Adam)
     optimizer.iterations.assign(step)
     assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_model_carrying_code_is_refused_not_run(tmp_path, capsys):
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)  # a pickled Python function
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    with pytest.raises(DataError, match="Lambda layer.*refused \\(Keras safe mode\\)"):
+        load_classifier(tmp_path / "model.keras")

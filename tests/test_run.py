@@ -1,5 +1,6 @@
 """The whole pipeline, end to end, on a tiny fake Fashion-MNIST and a tiny untrained backbone."""
 
+import dataclasses
 import json
 
 import keras
@@ -10,7 +11,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.litert import native_float16
 from pipeline.model import read_class_names
-from pipeline.run import STAGES, run_stages
+from pipeline.run import STAGES, run_stages, stage_fingerprints
 from pipeline.stages import read_lock
 from tests.test_fashion_mnist import make_fake_fashion
 
@@ -29,8 +30,11 @@ def tiny_config(tmp_path):
 
 
 def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
-    run_stages(tiny_config)
     run_dir = tiny_config.run_dir
+    stale = run_dir / "backup" / "phase1"  # an older config's backup (or an older layout's)
+    stale.mkdir(parents=True)
+    (stale / "chkpt.weights.h5").write_bytes(b"not for this config")
+    run_stages(tiny_config)
     for name in ("config.yaml", "lock.json", "data/dataset.json", "data/data_report.json",
                  "augment_preview.png", "model.keras", "metrics.json", "report.md",
                  "training_curves.png", "confusion_matrix.png"):
@@ -54,6 +58,8 @@ def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
     assert exported.input_shape[1:] == (32, 32, 3)
     output = capsys.readouterr().out
     assert f"Run folder: {run_dir}" in output and "Exported model:" in output
+    assert not stale.exists()
+    assert f"Removed {stale}: a training backup of another config, never resumed." in output
     assert set(read_lock(run_dir)) == set(STAGES)
     # Lite0 is a backbone the registry sends to LiteRT, and nothing made it fall back
     # (in float16 where the CPU has half-precision arithmetic: extraction_precision "auto")
@@ -98,3 +104,15 @@ def test_split_keeps_official_test_and_divides_train(tiny_config):
     assert counts["train"] + counts["dev"] == 60 and counts["dev"] > 0
     labels = np.load(tiny_config.run_dir / "data" / "train_labels.npy")
     assert labels.dtype == np.int32
+
+
+def test_a_replaced_local_weights_file_makes_training_stale(tiny_config, tmp_path):
+    weights = tmp_path / "base.weights.h5"
+    weights.write_bytes(b"first weights")
+    config = dataclasses.replace(tiny_config, model=dataclasses.replace(
+        tiny_config.model, weights=str(weights)))
+    before = stage_fingerprints(config)
+    weights.write_bytes(b"other weights")  # same path, new content
+    after = stage_fingerprints(config)
+    assert after["data"] == before["data"]
+    assert after["train"] != before["train"] and after["search"] != before["search"]

@@ -1,9 +1,14 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.atomic import write_json
-from pipeline.stages import fingerprint, is_fresh, record_stage, run_stage
+from pipeline.errors import RunInUseError
+from pipeline.stages import fingerprint, is_fresh, record_stage, run_folder_lock, run_stage
 
 
 def test_fingerprint_changes_with_config_and_input_content(tmp_path):
@@ -48,3 +53,21 @@ def test_write_json_and_lock(tmp_path):
     record_stage(tmp_path, "data", "abc", ["m.json"])
     assert is_fresh(tmp_path, "data", "abc")
     assert not is_fresh(tmp_path, "data", "abd")
+
+
+def test_a_second_process_cannot_write_a_run_folder_in_use(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.stages import run_folder_lock\n"
+         f"with run_folder_lock({str(tmp_path)!r}):\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=f"in use by process {holder.pid}"):
+            with run_folder_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: the OS releases the lock with the process
+        holder.wait()
+    with run_folder_lock(tmp_path), run_folder_lock(tmp_path):  # free again, and re-entrant
+        assert (tmp_path / ".in_use").read_text().strip() == str(os.getpid())
