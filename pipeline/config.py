@@ -144,6 +144,8 @@ class TrainConfig:
             where the CPU has half-precision arithmetic, `pipeline.litert.native_float16`),
             "float32" or "float16"; float16 features are within about 2% of float32's.
         seed: seeds augmentation, shuffling and weight initialisation.
+        deterministic: TensorFlow op determinism (every seed set as well): the same config
+            gives the same weights bit for bit, and so does a killed run resumed; slower.
     """
 
     batch_size: int = 64
@@ -160,6 +162,7 @@ class TrainConfig:
     extraction_engine: ExtractionEngine = "auto"
     extraction_precision: ExtractionPrecision = "auto"
     seed: int = 0
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -60,6 +61,19 @@ class FeatureCache:
 
     pooled: np.ndarray
     activations: np.ndarray | None
+
+    def save(self, folder: Path, prefix: str) -> None:
+        """Writes `<prefix>_pooled.npy` (and `<prefix>_activations.npy`) into `folder`."""
+        np.save(folder / f"{prefix}_pooled.npy", self.pooled)
+        if self.activations is not None:
+            np.save(folder / f"{prefix}_activations.npy", self.activations)
+
+    @classmethod
+    def load(cls, folder: Path, prefix: str) -> FeatureCache:
+        """Reads what `save` wrote, memory-mapped."""
+        activations = folder / f"{prefix}_activations.npy"
+        return cls(np.load(folder / f"{prefix}_pooled.npy", mmap_mode="r"),
+                   np.load(activations, mmap_mode="r") if activations.is_file() else None)
 
 
 @dataclass(frozen=True)

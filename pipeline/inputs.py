@@ -140,6 +140,13 @@ class CachedViews(keras.utils.PyDataset):
         self.epoch += 1
         self._draw()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draws epoch `epoch`'s order, views and mixing: a resumed run continues the stream
+        where the killed one stopped instead of replaying epoch 0."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._draw()
+
     def _draw(self) -> None:
         count = len(self.labels)
         if not self.shuffle:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, write_json, write_with
 from pipeline.augment import (
     BatchAugmenter,
     build_eval_transform,
@@ -65,15 +66,23 @@ def train_stage(augment: AugmentConfig, model: ModelConfig, training: TrainConfi
 
 def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, data: PreparedData,
           run_dir: Path, *, backup_dir: Path | None = None) -> dict:
-    """Runs both phases and saves `run_dir/model.keras`; each phase keeps a backup in
-    `backup_dir` (default `run_dir/backup`) that a killed run resumes from.
+    """Runs both phases and saves `run_dir/model.keras`.
+
+    Everything a killed run needs to resume lives in `backup_dir` (default `run_dir/backup`)
+    until training ends: the cached features, phase 1's head once that phase is done, and each
+    phase's last epoch (Keras' `BackupAndRestore`, with the early-stopping state and history
+    beside it). Run again, training picks up there: features are not extracted twice, a
+    finished phase is not trained again, and the resumed epochs draw the same batches.
 
     Returns:
         {"history": per-epoch metrics of both phases, "timings": seconds per step,
          "phase_boundaries": epochs at which phase 2 began, "image_size": the model's input
          side, "extraction_engine" and "extraction_precision": what ran the frozen base}
     """
+    backup_dir = backup_dir or run_dir / "backup"
     keras.utils.set_random_seed(training.seed)
+    if training.deterministic:
+        tf.config.experimental.enable_op_determinism()
     spec = get_backbone_spec(model.backbone)
     image_size = model_image_size(model, data.image_size)
     base, bottom, top = frozen_base(model, image_size)
@@ -81,16 +90,17 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
-    train_cache, dev_cache, forward = cache_features(
+    train_cache, dev_cache, engine = _features_once(backup_dir / "features", lambda: cache_features(
         augment, model, training, data, run_dir, bottom, top,
-        keep_activations=training.fine_tune_epochs > 0)
+        keep_activations=training.fine_tune_epochs > 0))
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
 
     head = build_head(len(data.class_names), train_cache.pooled.shape[-1], model)
     started = time.perf_counter()
-    history = train_head(head, train_cache.pooled, train_labels, dev_cache.pooled, dev_labels,
-                         training, (backup_dir or run_dir / "backup") / "phase1")
+    history = _head_once(backup_dir / "phase1_done", head, lambda: train_head(
+        head, train_cache.pooled, train_labels, dev_cache.pooled, dev_labels, training,
+        backup_dir / "phase1"))
     timings["phase1_head_s"] = time.perf_counter() - started
     boundaries = [len(history.get("loss", []))]
 
@@ -98,8 +108,7 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         freeze_backbone(base, spec, unfreeze_top=True)
         started = time.perf_counter()
         history2 = fine_tune(top, head, train_cache.activations, train_labels,
-                             dev_cache.activations, dev_labels, training,
-                             (backup_dir or run_dir / "backup") / "phase2")
+                             dev_cache.activations, dev_labels, training, backup_dir / "phase2")
         timings["phase2_fine_tune_s"] = time.perf_counter() - started
         for key, values in history2.items():
             history.setdefault(key, []).extend(values)
@@ -109,10 +118,43 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     with atomic_path(run_dir / "model.keras") as path:
         classifier.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": image_size, "extraction_engine": forward.engine,
-              "extraction_precision": forward.precision}
+              "image_size": image_size, "extraction_engine": engine["engine"],
+              "extraction_precision": engine["precision"]}
     write_json(run_dir / "train_history.json", result)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # done: nothing left to resume
     return result
+
+
+def _features_once(folder: Path, extract) -> tuple[FeatureCache, FeatureCache, dict]:
+    """The train and dev feature caches: read from `folder` when a killed run left them there,
+    else extracted by `extract()` and written there (whole or not at all)."""
+    if (folder / "engine.json").is_file():
+        print(f"Reusing the features cached before an interruption ({folder}).")
+        return (FeatureCache.load(folder, "train"), FeatureCache.load(folder, "dev"),
+                json.loads((folder / "engine.json").read_text()))
+    train_cache, dev_cache, forward = extract()
+    engine = {"engine": forward.engine, "precision": forward.precision}
+    with atomic_path(folder) as temporary:
+        temporary.mkdir()
+        train_cache.save(temporary, "train")
+        dev_cache.save(temporary, "dev")
+        (temporary / "engine.json").write_text(json.dumps(engine))
+    return train_cache, dev_cache, engine
+
+
+def _head_once(folder: Path, head: keras.Model, train_phase) -> dict:
+    """Phase 1's history, with `head` holding its weights: loaded from `folder` when a killed
+    run finished the phase before, else trained by `train_phase()` and written there."""
+    if (folder / "history.json").is_file():
+        print("Phase 1 finished before the interruption: reusing its head.")
+        head.load_weights(folder / "head.weights.h5")
+        return json.loads((folder / "history.json").read_text())
+    history = train_phase()
+    with atomic_path(folder) as temporary:
+        temporary.mkdir()
+        head.save_weights(temporary / "head.weights.h5")
+        (temporary / "history.json").write_text(json.dumps(history))
+    return history
 
 
 def frozen_base(model: ModelConfig,
@@ -211,14 +253,18 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
                                            config, num_classes=model.output_shape[-1])
     compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
                   config=config, steps_per_execution=steps_per_execution)
-    callbacks = [early_stopping(config), keras.callbacks.BackupAndRestore(str(backup_dir)),
+    # The early-stopping state is saved before the backup each epoch (see ResumableEarlyStopping)
+    stopping = early_stopping(config, state_dir=backup_dir.with_name(backup_dir.name + "_state"))
+    draw_epoch = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs=None: train_data.set_epoch(epoch))
+    callbacks = [draw_epoch, stopping, keras.callbacks.BackupAndRestore(str(backup_dir)),
                  *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
-    history = model.fit(train_data, validation_data=dev_data, epochs=epochs,
-                        callbacks=callbacks, class_weight=class_weights(train_labels, config),
-                        verbose=1 if sys.stdout.isatty() else 2)
-    return {key: [float(value) for value in values] for key, values in history.history.items()}
+    model.fit(train_data, validation_data=dev_data, epochs=epochs, callbacks=callbacks,
+              class_weight=class_weights(train_labels, config),
+              verbose=1 if sys.stdout.isatty() else 2)
+    return stopping.history  # every epoch, those before an interruption included
 
 
 def compile_model(model: keras.Model, *, learning_rate: float, steps_per_epoch: int,
@@ -242,12 +288,84 @@ def cached_datasets(train_views: np.ndarray, train_labels: np.ndarray, dev_views
     return train_data, dev_data
 
 
-def early_stopping(config: TrainConfig) -> keras.callbacks.EarlyStopping:
-    """Stops when the monitored dev metric stops improving and keeps the best epoch's weights."""
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping (best weights restored) whose state survives a killed run.
+
+    Keras' `EarlyStopping` keeps the best value, its epoch and weights and the epochs waited in
+    memory, so a run resumed by `BackupAndRestore` would forget a best epoch from before the
+    kill. This one also keeps the history, and after every epoch n saves its state to
+    `state_dir/epoch_<n>.json` (best weights in `best_<epoch>.npz`). It must come before
+    `BackupAndRestore` in the callbacks, so that whenever the backup says "resume at epoch n",
+    the state of epoch n - 1 is on disk; a resumed fit restores it at its first epoch.
+
+    Attributes:
+        history: {metric: per-epoch values} of every epoch, resumed ones included.
+    """
+
+    def __init__(self, state_dir: Path, **kwargs):
+        super().__init__(**kwargs)
+        self.state_dir = Path(state_dir)
+        self.history: dict[str, list[float]] = {}
+        self._first_epoch = True
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.history, self._first_epoch = {}, True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch:
+            self._first_epoch = False
+            self._restore(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self._save(epoch)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _restore(self, epoch: int) -> None:
+        state = self.state_dir / f"epoch_{epoch - 1}.json"
+        if epoch == 0 or not state.is_file():
+            return
+        saved = json.loads(state.read_text())
+        self.wait, self.best, self.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
+        self.history = saved["history"]
+        weights = self.state_dir / f"best_{self.best_epoch}.npz"
+        if self.restore_best_weights and weights.is_file():
+            with np.load(weights) as stored:
+                self.best_weights = [stored[f"arr_{index}"] for index in range(len(stored.files))]
+        print(f"Resuming at epoch {epoch + 1}; the best epoch so far is {self.best_epoch + 1}.")
+
+    def _save(self, epoch: int) -> None:
+        best = self.state_dir / f"best_{self.best_epoch}.npz"
+        if self.best_weights is not None and not best.is_file():
+            write_with(best, lambda handle: np.savez(handle, *self.best_weights))
+        write_json(self.state_dir / f"epoch_{epoch}.json", {
+            "wait": self.wait, "best": None if self.best is None else float(self.best),
+            "best_epoch": self.best_epoch, "history": self.history})
+        # keep the states of this epoch and the one before (a kill may undo the last backup)
+        keep = {f"epoch_{epoch}.json", f"epoch_{epoch - 1}.json"}
+        keep |= {f"best_{json.loads((self.state_dir / name).read_text())['best_epoch']}.npz"
+                 for name in keep if (self.state_dir / name).is_file()}
+        for path in self.state_dir.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+
+def early_stopping(config: TrainConfig,
+                   state_dir: Path | None = None) -> keras.callbacks.EarlyStopping:
+    """Stops when the monitored dev metric stops improving and keeps the best epoch's weights;
+    with a `state_dir`, a `ResumableEarlyStopping` keeping its state there."""
     # mode "auto" reads the direction off the metric: down for loss, up for accuracy
-    return keras.callbacks.EarlyStopping(monitor=config.early_stopping_monitor,
-                                         patience=config.early_stopping_patience,
-                                         restore_best_weights=True)
+    options = {"monitor": config.early_stopping_monitor,
+               "patience": config.early_stopping_patience, "restore_best_weights": True}
+    if state_dir is None:
+        return keras.callbacks.EarlyStopping(**options)
+    return ResumableEarlyStopping(state_dir, **options)
 
 
 def class_weights(labels: np.ndarray, config: TrainConfig) -> dict[int, float] | None:

@@ -163,3 +163,18 @@ def test_cached_views_without_mixup_give_plain_one_hot_labels():
 def test_cached_views_and_labels_must_agree_in_length():
     with pytest.raises(ValueError, match="hold 10 examples but 9 labels"):
         CachedViews(_views(), np.zeros(9, int), 4, seed=0)
+
+
+def test_set_epoch_draws_that_epochs_batches_as_if_the_run_had_never_stopped():
+    views = np.arange(3 * 10 * 2, dtype="float32").reshape(3, 10, 2)
+    labels = np.arange(10) % 2
+    walked = CachedViews(views, labels, 4, seed=3, num_classes=2, mixup_alpha=0.4)
+    for _ in range(2):
+        walked.on_epoch_end()
+    resumed = CachedViews(views, labels, 4, seed=3, num_classes=2, mixup_alpha=0.4)
+    resumed.set_epoch(2)  # a fresh process resuming at epoch 2
+    for index in range(len(walked)):
+        for expected, actual in zip(walked[index], resumed[index], strict=True):
+            np.testing.assert_array_equal(actual, expected)
+    fresh = CachedViews(views, labels, 4, seed=3, num_classes=2, mixup_alpha=0.4)
+    assert not np.array_equal(fresh[0][0], resumed[0][0])  # epoch 0 differs from epoch 2
