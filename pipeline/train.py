@@ -148,13 +148,34 @@ def _head_once(folder: Path, head: keras.Model, train_phase) -> dict:
     if (folder / "history.json").is_file():
         print("Phase 1 finished before the interruption: reusing its head.")
         head.load_weights(folder / "head.weights.h5")
+        load_random_state(head, folder / "random_state.npz")
         return json.loads((folder / "history.json").read_text())
     history = train_phase()
     with atomic_path(folder) as temporary:
         temporary.mkdir()
         head.save_weights(temporary / "head.weights.h5")
+        save_random_state(head, temporary / "random_state.npz")
         (temporary / "history.json").write_text(json.dumps(history))
     return history
+
+
+def save_random_state(model: keras.Model, path: Path) -> None:
+    """Saves the state of the model's random-number generators (dropout's), which Keras'
+    weight files leave out: a resumed run must draw the masks the killed one would have."""
+    states = [np.asarray(variable.numpy()) for variable in _generator_states(model)]
+    write_with(path, lambda handle: np.savez(handle, *states))
+
+
+def load_random_state(model: keras.Model, path: Path) -> None:
+    """Restores what `save_random_state` saved (in the model's variable order: the generators'
+    names depend on how many were made before in the process)."""
+    with np.load(path) as stored:
+        for index, variable in enumerate(_generator_states(model)):
+            variable.assign(stored[f"arr_{index}"])
+
+
+def _generator_states(model: keras.Model) -> list:
+    return [variable for variable in model.variables if "seed_generator_state" in variable.path]
 
 
 def frozen_base(model: ModelConfig,
@@ -261,8 +282,10 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
                  *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
+    # CachedViews shuffles the examples with its own seeded generator; Keras' own shuffle of
+    # the batch order would draw from a process-wide generator that a resumed run cannot replay
     model.fit(train_data, validation_data=dev_data, epochs=epochs, callbacks=callbacks,
-              class_weight=class_weights(train_labels, config),
+              class_weight=class_weights(train_labels, config), shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
     return stopping.history  # every epoch, those before an interruption included
 
@@ -293,8 +316,9 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     Keras' `EarlyStopping` keeps the best value, its epoch and weights and the epochs waited in
     memory, so a run resumed by `BackupAndRestore` would forget a best epoch from before the
-    kill. This one also keeps the history, and after every epoch n saves its state to
-    `state_dir/epoch_<n>.json` (best weights in `best_<epoch>.npz`). It must come before
+    kill. This one also keeps the history and the dropout generators' state, and after every
+    epoch n saves its state to `state_dir/epoch_<n>.json` (best weights in `best_<epoch>.npz`,
+    the generators in `random_<n>.npz`). It must come before
     `BackupAndRestore` in the callbacks, so that whenever the backup says "resume at epoch n",
     the state of epoch n - 1 is on disk; a resumed fit restores it at its first epoch.
 
@@ -334,6 +358,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         saved = json.loads(state.read_text())
         self.wait, self.best, self.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
         self.history = saved["history"]
+        load_random_state(self.model, self.state_dir / f"random_{epoch - 1}.npz")
         weights = self.state_dir / f"best_{self.best_epoch}.npz"
         if self.restore_best_weights and weights.is_file():
             with np.load(weights) as stored:
@@ -344,13 +369,15 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         best = self.state_dir / f"best_{self.best_epoch}.npz"
         if self.best_weights is not None and not best.is_file():
             write_with(best, lambda handle: np.savez(handle, *self.best_weights))
+        save_random_state(self.model, self.state_dir / f"random_{epoch}.npz")
         write_json(self.state_dir / f"epoch_{epoch}.json", {
             "wait": self.wait, "best": None if self.best is None else float(self.best),
             "best_epoch": self.best_epoch, "history": self.history})
         # keep the states of this epoch and the one before (a kill may undo the last backup)
-        keep = {f"epoch_{epoch}.json", f"epoch_{epoch - 1}.json"}
+        states = [f"epoch_{number}.json" for number in (epoch, epoch - 1)]
+        keep = {*states, f"random_{epoch}.npz", f"random_{epoch - 1}.npz"}
         keep |= {f"best_{json.loads((self.state_dir / name).read_text())['best_epoch']}.npz"
-                 for name in keep if (self.state_dir / name).is_file()}
+                 for name in states if (self.state_dir / name).is_file()}
         for path in self.state_dir.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
