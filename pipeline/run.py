@@ -27,18 +27,18 @@ class Stage:
     """One stage of a run.
 
     Attributes:
-        run: runs the stage for a config in a run folder; returns its outputs (paths relative
-            to the run folder, or absolute).
+        run: runs the stage for a config in a run folder, given the stage's fingerprint;
+            returns its outputs (paths relative to the run folder, or absolute).
         reads: the slice of the config the stage depends on (plain, JSON-ready data).
         after: the stage whose output it reads, or None.
     """
 
-    run: Callable[[ExperimentConfig, Path], list[str]] | None
+    run: Callable[[ExperimentConfig, Path, str], list[str]] | None
     reads: Callable[[ExperimentConfig], dict]
     after: str | None
 
 
-def _data(config: ExperimentConfig, run_dir: Path) -> list[str]:
+def _data(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str]:
     from pipeline.backbones import auto_size_range
     from pipeline.data.prepare import prepare_data
 
@@ -47,7 +47,7 @@ def _data(config: ExperimentConfig, run_dir: Path) -> list[str]:
     return ["data/dataset.json"]
 
 
-def _preview(config: ExperimentConfig, run_dir: Path) -> list[str]:
+def _preview(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str]:
     from pipeline.augment import preview_stage
     from pipeline.backbones import model_image_size
     from pipeline.data.prepare import load_prepared
@@ -59,21 +59,21 @@ def _preview(config: ExperimentConfig, run_dir: Path) -> list[str]:
     return ["augment_preview.png"]
 
 
-def _train(config: ExperimentConfig, run_dir: Path) -> list[str]:
+def _train(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str]:
     from pipeline.train import train_stage
 
     # A backup resumes only the config that wrote it: its folder is named by the fingerprint.
-    backup = run_dir / "backup" / stage_fingerprints(config)["train"]
+    backup = run_dir / "backup" / fingerprint
     return train_stage(config.augment, config.model, config.train, run_dir, backup_dir=backup)
 
 
-def _evaluate(config: ExperimentConfig, run_dir: Path) -> list[str]:
+def _evaluate(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str]:
     from pipeline.evaluate import evaluate_stage
 
     return evaluate_stage(config.evaluate, run_dir, config_summary=to_dict(config))
 
 
-def _export(config: ExperimentConfig, run_dir: Path) -> list[str]:
+def _export(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str]:
     from pipeline.export import export_stage
 
     return export_stage(config.export, config.name, run_dir)
@@ -157,7 +157,8 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = tuple(STAGES)
             print(f"\n== {name} ==")
             _require_upstream(run_dir, name, STAGES[name].after, fingerprints)
             run_stage(run_dir, name, fingerprints[name],
-                      lambda name=name: STAGES[name].run(config, run_dir), force=force)
+                      lambda name=name: STAGES[name].run(config, run_dir, fingerprints[name]),
+                      force=force)
     print(f"\nRun folder: {run_dir}")
     if "export" in stages:
         print(f"Exported model: {Path(config.export.models_dir) / config.name}")
