@@ -278,8 +278,7 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
     stopping = early_stopping(config, state_dir=backup_dir.with_name(backup_dir.name + "_state"))
     draw_epoch = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs=None: train_data.set_epoch(epoch))
-    callbacks = [draw_epoch, stopping, keras.callbacks.BackupAndRestore(str(backup_dir)),
-                 *(callbacks or [])]
+    callbacks = [draw_epoch, stopping, AtomicBackupAndRestore(backup_dir), *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
     # CachedViews shuffles the examples with its own seeded generator; Keras' own shuffle of
@@ -309,6 +308,29 @@ def cached_datasets(train_views: np.ndarray, train_labels: np.ndarray, dev_views
     dev_data = CachedViews(dev_views, dev_labels, config.batch_size * 4, seed=config.seed,
                            shuffle=False, num_classes=num_classes)
     return train_data, dev_data
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, with each epoch's backup written whole or not at all.
+
+    Keras writes the weights file and then `training_metadata.json` in place, so a kill during
+    the write leaves an empty or torn file that makes the resumed run fail (a SIGKILL test
+    caught it), or weights of one epoch beside the epoch number of another. Here both go into
+    `backup_dir/checkpoint/`, a folder replaced atomically after every epoch.
+    """
+
+    def __init__(self, backup_dir: Path):
+        super().__init__(str(backup_dir))
+        self.checkpoint = Path(backup_dir) / "checkpoint"
+        self._weights_path = str(self.checkpoint / "latest.weights.h5")
+        self._training_metadata_path = str(self.checkpoint / "training_metadata.json")
+
+    def _save_model(self):
+        with atomic_path(self.checkpoint) as folder:
+            folder.mkdir()
+            self.model.save_weights(folder / "latest.weights.h5")
+            (folder / "training_metadata.json").write_text(json.dumps(
+                {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

@@ -83,7 +83,7 @@ def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(data, tmp_path):
     run("data", data, killed)
     process = subprocess.Popen(pipeline("train", data, killed), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_when(process, "tiny/backup/*/phase2/training_metadata.json", killed)
+    kill_when(process, "tiny/backup/*/phase2/checkpoint/training_metadata.json", killed)
     assert process.returncode == -signal.SIGKILL, "the run ended before phase 2 saved an epoch"
     assert not (killed / "tiny" / "model.keras").exists()
 
