@@ -5,6 +5,7 @@
 #   make train ARGS="train.head_epochs=5"    any config override, any target
 #   make search                       random search of the head's hyperparameters on dev
 #   make test                         the test suite CI runs
+#   make test-faults                  kills, damages and starves real runs; prints a scoreboard
 # TEST_ARGS is appended after ARGS; the README test sets it (in the environment) to keep the
 # README's commands, run exactly as written, to seconds.
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The default job reads Fashion-MNIST from Debian's package.
 DATA_DEPS := $(if $(and $(filter configs/default.yaml,$(CONFIG)),$(if $(DATA),,yes)),$(FASHION_MNIST))
 
-.PHONY: install data preview train evaluate export predict backbones search test test-slow bench lint clean
+.PHONY: install data preview train evaluate export predict backbones search test test-slow test-faults bench lint clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -62,6 +63,8 @@ test: install $(FASHION_MNIST)
 	$(PY) -m pytest -q
 test-slow: install $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow
+test-faults: install
+	$(PY) -m pytest -q -m faults tests/test_faults.py
 bench: install
 	$(PY) -m bench
 lint: install

@@ -46,4 +46,11 @@ def _throughput_images():
             rng.integers(0, 5, 640))
 
 
-SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features}
+def _determinism() -> dict:
+    from bench.bench_determinism import bench_determinism
+
+    return bench_determinism()
+
+
+SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
+          "determinism": _determinism}

@@ -14,6 +14,7 @@ to disk before the move, and made readable like any other file (0644).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+PARTIAL = ".partial-"  # in the names of the temporary folders writes go through
 
 
 @contextlib.contextmanager
@@ -32,7 +35,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}{PARTIAL}", dir=path.parent))
     target = temporary / path.name
     try:
         yield target
@@ -43,6 +46,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         _remove(temporary)
+
+
+def remove_partial_writes(folder: Path, name: str = "*") -> list[Path]:
+    """Removes what killed writers left under `folder` (their temporary folders, hidden and
+    named `.<name>.partial-*`, never mistaken for output); call it only while holding the
+    folder (`pipeline.stages.run_folder_lock`), since a live writer's folder looks the same.
+
+    Returns:
+        The removed paths.
+    """
+    partial = sorted(Path(folder).rglob(f".{name}{PARTIAL}*")) if Path(folder).is_dir() else []
+    for path in partial:
+        _remove(path)
+    return partial
 
 
 def write_with(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -68,6 +85,41 @@ def write_json(path: Path, data: Any) -> Path:
     """Writes indented UTF-8 JSON atomically; NumPy values and paths become plain JSON."""
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False,
                                        default=_json_default) + "\n")
+
+
+SEAL_FILE = "SHA256SUMS"
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of one file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(folder: Path) -> None:
+    """Writes `folder/SHA256SUMS`, the hash of every file in it (in `sha256sum`'s format, so
+    `sha256sum -c SHA256SUMS` checks it by hand). Seal a folder inside its `atomic_path`
+    block: then `is_intact` tells later whether it is still exactly as written."""
+    lines = [f"{sha256_of(path)}  {path.relative_to(folder).as_posix()}"
+             for path in sorted(Path(folder).rglob("*")) if path.is_file()]
+    (Path(folder) / SEAL_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def is_intact(folder: Path) -> bool:
+    """True when `folder` holds exactly the files its seal lists, with their hashes."""
+    folder = Path(folder)
+    try:
+        lines = (folder / SEAL_FILE).read_text(encoding="utf-8").splitlines()
+        listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines)}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    present = {path.relative_to(folder).as_posix() for path in folder.rglob("*")
+               if path.is_file() and path.name != SEAL_FILE}
+    return present == set(listed) and all(sha256_of(folder / name) == digest
+                                          for name, digest in listed.items())
 
 
 def _json_default(value: Any) -> Any:

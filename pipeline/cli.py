@@ -9,6 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -63,11 +64,36 @@ def main(argv: list[str] | None = None) -> int:
         print("\nInterrupted. Finished stages are kept; rerun to continue.", file=sys.stderr)
         return 130
     except UserError as error:
-        if os.environ.get("PIPELINE_DEBUG"):
+        return _user_error(str(error))
+    except Exception as error:
+        if not is_disk_full(error):
             raise
-        print(f"error: {error}", file=sys.stderr)
-        print("(set PIPELINE_DEBUG=1 to see the traceback)", file=sys.stderr)
-        return 2
+        return _user_error(
+            f"the disk is full ({error}). Nothing written so far is lost or half-written: "
+            f"finished stages and the training backup are kept. Free some space, or point "
+            f"runs_dir= and export.models_dir= at a larger disk, and run the same command again "
+            f"to continue where it stopped.")
+
+
+def _user_error(message: str) -> int:
+    """Prints a user error as one line; called while handling it, so a bare raise shows it."""
+    if os.environ.get("PIPELINE_DEBUG"):
+        raise  # noqa: PLE0704  (re-raises the exception being handled)
+    print(f"error: {message}", file=sys.stderr)
+    print("(set PIPELINE_DEBUG=1 to see the traceback)", file=sys.stderr)
+    return 2
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for "no space left on device", as Python raises it (OSError, errno ENOSPC) or as
+    libraries that write files report it in their own exceptions (h5py, TensorFlow)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _dispatch(arguments: argparse.Namespace) -> int:

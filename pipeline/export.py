@@ -41,7 +41,7 @@ def export_stage(config: ExportConfig, name: str, run_dir: Path) -> list[str]:
     """Exports the run's trained model to `<export.models_dir>/<name>/`, checked.
 
     Returns:
-        The exported model.keras, as an absolute path (the export lives outside the run).
+        The export folder, as an absolute path (it lives outside the run).
     """
     from pipeline.data.prepare import load_prepared
 
@@ -52,7 +52,7 @@ def export_stage(config: ExportConfig, name: str, run_dir: Path) -> list[str]:
     written = [EXPORTED_FILES[format_name] for format_name in config.formats]
     print(f"Exported to {export_dir} ({', '.join(written)}, labels.txt, preprocessing.json, "
           f"metrics.json), each model checked against the trained one")
-    return [str((export_dir / "model.keras").resolve())]
+    return [str(export_dir.resolve())]
 
 
 def export_model(run_dir: Path, export_dir: Path, *, check_images: np.ndarray,

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.atomic import remove_partial_writes
 from pipeline.config import ExperimentConfig, save_config, to_dict
 from pipeline.errors import StageOrderError
-from pipeline.stages import file_digest, fingerprint, read_lock, run_folder_lock, run_stage
+from pipeline.stages import file_digest, fingerprint, run_folder_lock, run_stage, stale_reason
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _data(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str
 
     prepare_data(config.data, run_dir / "data", auto_size_range=auto_size_range(
         config.model.backbone))
-    return ["data/dataset.json"]
+    return ["data"]
 
 
 def _preview(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[str]:
@@ -148,6 +149,7 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = tuple(STAGES)
     """Runs the given stages in order (each skipped when fresh) and prints where things are."""
     run_dir = config.run_dir
     with run_folder_lock(run_dir):
+        _remove_partial_writes(config)
         save_config(config, run_dir / "config.yaml")
         fingerprints = stage_fingerprints(config)
         if force and "train" in stages and (run_dir / "backup").exists():
@@ -162,6 +164,15 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = tuple(STAGES)
     print(f"\nRun folder: {run_dir}")
     if "export" in stages:
         print(f"Exported model: {Path(config.export.models_dir) / config.name}")
+
+
+def _remove_partial_writes(config: ExperimentConfig) -> None:
+    """Clears what a killed run of this folder left half-written (never used, hidden)."""
+    removed = remove_partial_writes(config.run_dir)
+    removed += remove_partial_writes(Path(config.export.models_dir), name=config.name)
+    if removed:
+        print(f"Removed {len(removed)} half-written file(s) left by an interrupted run "
+              f"(e.g. {removed[0]}).")
 
 
 def run_search(config: ExperimentConfig) -> dict:
@@ -179,8 +190,9 @@ def run_search(config: ExperimentConfig) -> dict:
 
 def _require_upstream(run_dir: Path, stage: str, needed: str | None,
                       fingerprints: dict[str, str]) -> None:
-    """A stage reads what the one before it wrote; refuse stale or missing inputs."""
-    if needed and read_lock(run_dir).get(needed, {}).get("fingerprint") != fingerprints[needed]:
+    """A stage reads what the one before it wrote; refuse stale, missing or damaged inputs."""
+    reason = needed and stale_reason(run_dir, needed, fingerprints[needed])
+    if reason:
         raise StageOrderError(f"Stage '{stage}' needs the '{needed}' stage of this config to run "
-                              f"first (its output in {run_dir} is missing or from another "
-                              f"config). Run: make train, or python -m pipeline {needed} ...")
+                              f"first ({reason}; run folder {run_dir}). Run: make train, or "
+                              f"python -m pipeline {needed} ...")

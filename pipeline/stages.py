@@ -2,8 +2,10 @@
 
 Each stage records in `runs/<name>/lock.json` a fingerprint of what it read: its slice of the
 resolved config and the hashes of its input artifacts. When a stage is asked to run again and
-that fingerprint is unchanged and its outputs still exist, it is skipped, like `make` or a DVC
-lock file. A stage that fails or is killed records nothing, so it runs again next time.
+that fingerprint is unchanged and its outputs are still there as it wrote them (their content
+hashes are in the lock file too), it is skipped, like `make` or a DVC lock file. A stage that
+fails or is killed records nothing, so it runs again next time; an output damaged or removed
+since makes its stage run again, with a line saying why.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_json
+from pipeline.atomic import sha256_of, write_json
 from pipeline.errors import RunInUseError
 
 try:
@@ -45,30 +47,58 @@ def file_digest(path: Path) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(sha256_of(file).encode())
     return digest.hexdigest()
 
 
 def read_lock(run_dir: Path) -> dict:
+    """The lock file's entries; a damaged lock file (written atomically, so damaged from
+    outside) counts as empty, with a line saying so: every stage then runs again."""
     path = run_dir / LOCK_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        lock = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(lock, dict) and all(isinstance(entry, dict) for entry in lock.values()):
+            return lock
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    print(f"{path} is damaged (not the JSON this pipeline writes); ignoring it, so every "
+          f"stage runs again.")
+    return {}
+
+
+def stale_reason(run_dir: Path, stage: str, stage_fingerprint: str) -> str | None:
+    """Why the stage must run again, or None when it last succeeded with this fingerprint
+    and every output is still there, byte for byte as it wrote them."""
+    entry = read_lock(run_dir).get(stage)
+    if not entry:
+        return "it has not run in this folder"
+    if entry.get("fingerprint") != stage_fingerprint:
+        return "its inputs changed"
+    digests = entry.get("digests", {})
+    for output in entry.get("outputs", []):
+        path = run_dir / output
+        if not path.exists():
+            return f"its output {path} is missing"
+        if output in digests and file_digest(path) != digests[output]:
+            return f"its output {path} changed since the stage wrote it (damaged or edited)"
+    return None
 
 
 def is_fresh(run_dir: Path, stage: str, stage_fingerprint: str) -> bool:
-    """True when the stage last succeeded with this fingerprint and its outputs still exist."""
-    entry = read_lock(run_dir).get(stage)
-    if not entry or entry.get("fingerprint") != stage_fingerprint:
-        return False
-    return all((run_dir / output).exists() for output in entry.get("outputs", []))
+    """True when the stage last succeeded with this fingerprint and its outputs are intact."""
+    return stale_reason(run_dir, stage, stage_fingerprint) is None
 
 
 def record_stage(run_dir: Path, stage: str, stage_fingerprint: str, outputs: list[str],
                  extra: dict | None = None) -> None:
-    """Marks a stage as done; called only after all its outputs were written."""
+    """Marks a stage as done, with the content hash of each output (so that an output damaged
+    or replaced later is noticed); called only after all its outputs were written."""
     lock = read_lock(run_dir)
-    lock[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs, **(extra or {})}
+    digests = {output: file_digest(run_dir / output) for output in outputs}
+    lock[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs, "digests": digests,
+                   **(extra or {})}
     write_json(run_dir / LOCK_FILE, lock)
 
 
@@ -79,10 +109,13 @@ def run_stage(run_dir: Path, stage: str, stage_fingerprint: str, work: Callable[
     Returns:
         True if the stage ran, False if it was skipped as fresh.
     """
-    if not force and is_fresh(run_dir, stage, stage_fingerprint):
+    reason = stale_reason(run_dir, stage, stage_fingerprint)
+    if not force and reason is None:
         print(f"[{stage}] up to date (inputs unchanged since the last run); skipped. "
               f"Pass --force to run it again.")
         return False
+    if reason and "output" in reason:
+        print(f"[{stage}] runs again: {reason}.")
     outputs = work()
     record_stage(run_dir, stage, stage_fingerprint, outputs)
     return True

@@ -17,13 +17,14 @@ import json
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.atomic import atomic_path, write_json, write_with
+from pipeline.atomic import atomic_path, is_intact, seal, write_json, write_with
 from pipeline.augment import (
     BatchAugmenter,
     build_eval_transform,
@@ -80,6 +81,7 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
          side, "extraction_engine" and "extraction_precision": what ran the frozen base}
     """
     backup_dir = backup_dir or run_dir / "backup"
+    discard_damaged_backup(backup_dir)
     keras.utils.set_random_seed(training.seed)
     if training.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -139,6 +141,7 @@ def _features_once(folder: Path, extract) -> tuple[FeatureCache, FeatureCache, d
         train_cache.save(temporary, "train")
         dev_cache.save(temporary, "dev")
         (temporary / "engine.json").write_text(json.dumps(engine))
+        seal(temporary)
     return train_cache, dev_cache, engine
 
 
@@ -156,7 +159,75 @@ def _head_once(folder: Path, head: keras.Model, train_phase) -> dict:
         head.save_weights(temporary / "head.weights.h5")
         save_random_state(head, temporary / "random_state.npz")
         (temporary / "history.json").write_text(json.dumps(history))
+        seal(temporary)
     return history
+
+
+# What a killed run leaves in its backup, in the order training writes it; each part is only
+# valid with every part before it.
+BACKUP_PARTS = (("features",), ("phase1", "phase1_state"), ("phase1_done",),
+                ("phase2", "phase2_state"))
+
+
+def discard_damaged_backup(backup_dir: Path) -> None:
+    """Removes the first damaged part of a backup and every part after it, with a line saying
+    so: a resumed run never starts from a file changed, truncated or removed since it was
+    written (the sealed folders carry their hashes; the early-stopping states must load)."""
+    for index, names in enumerate(BACKUP_PARTS):
+        damaged = [backup_dir / name for name in names
+                   if not _backup_part_intact(backup_dir / name)]
+        if damaged:
+            later = [backup_dir / name for part in BACKUP_PARTS[index:] for name in part]
+            for path in later:
+                shutil.rmtree(path, ignore_errors=True)
+            print(f"The training backup {damaged[0]} is damaged (changed, truncated or partly "
+                  f"removed since it was written); discarded it and what was saved after it, so "
+                  f"training redoes that part.")
+            return
+
+
+def _backup_part_intact(path: Path) -> bool:
+    if not path.exists():
+        return True  # not written yet: nothing to resume from, nothing damaged
+    if path.name.endswith("_state"):
+        return _states_intact(path)
+    sealed = path / "checkpoint" if path.name in ("phase1", "phase2") else path
+    return not sealed.exists() or is_intact(sealed)
+
+
+def _states_intact(state_dir: Path) -> bool:
+    """The early-stopping states (one file each, written atomically) all load, and those a
+    resume from the phase's checkpoint reads are there (see `ResumableEarlyStopping`)."""
+    if not all(_loads(path) for path in state_dir.iterdir()):
+        return False
+    metadata = state_dir.with_name(state_dir.name.removesuffix("_state")) / "checkpoint" / \
+        "training_metadata.json"
+    try:
+        done = json.loads(metadata.read_text())["epoch"]  # epochs finished before the kill
+    except (OSError, ValueError, KeyError):
+        return True  # no usable checkpoint: the phase starts over and reads no state
+    if done == 0:
+        return True
+    state = state_dir / f"epoch_{done - 1}.json"
+    if not state.is_file() or not (state_dir / f"random_{done - 1}.npz").is_file():
+        return False
+    best = json.loads(state.read_text())["best_epoch"]
+    return best is None or (state_dir / f"best_{best}.npz").is_file()
+
+
+def _loads(path: Path) -> bool:
+    """True when an early-stopping state file reads back whole (JSON, or an npz whose zip
+    checksums hold)."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as stored:
+                for name in stored.files:
+                    stored[name]
+        else:
+            json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
 
 
 def save_random_state(model: keras.Model, path: Path) -> None:
@@ -331,6 +402,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.save_weights(folder / "latest.weights.h5")
             (folder / "training_metadata.json").write_text(json.dumps(
                 {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+            seal(folder)
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

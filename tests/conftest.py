@@ -233,3 +233,32 @@ def image_file_factory(tmp_path: Path) -> ImageFileFactory:
     root = tmp_path / "images"
     root.mkdir()
     return ImageFileFactory(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion_mnist(tmp_path_factory) -> Path:
+    """A learnable fake Fashion-MNIST (a bright band whose row says the class), so that every
+    epoch improves the dev loss and the final weights depend on the epochs after a kill (the
+    resume and fault-injection tests)."""
+    from tests.test_fashion_mnist import write_idx
+
+    folder = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 400), ("t10k", 40)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 120, (count, 28, 28))
+        for index, label in enumerate(labels):
+            images[index, 2 + 2 * label:5 + 2 * label] += 130
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Prints the fault-injection scoreboard when the fault suite ran (`make test-faults`)."""
+    from tests.scoreboard import SCOREBOARD, format_scoreboard
+
+    if SCOREBOARD:
+        terminalreporter.write_line("")
+        for line in format_scoreboard():
+            terminalreporter.write_line(line)

@@ -5,7 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.atomic import atomic_path, write_json, write_text, write_with
+from pipeline.atomic import (
+    PARTIAL,
+    SEAL_FILE,
+    atomic_path,
+    is_intact,
+    remove_partial_writes,
+    seal,
+    write_json,
+    write_text,
+    write_with,
+)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -51,3 +61,45 @@ def test_write_json_converts_numpy_values_and_paths(tmp_path):
         "accuracy": 0.5, "counts": [0, 1, 2], "where": str(tmp_path), "pair": [1, 2],
         "name": "café"}
     assert "café" in path.read_text(encoding="utf-8")  # not escaped
+
+
+def sealed_folder(tmp_path):
+    with atomic_path(tmp_path / "checkpoint") as folder:
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(bytes(range(256)) * 8)
+        (folder / "meta.json").write_text('{"epoch": 3}')
+        seal(folder)
+    return tmp_path / "checkpoint"
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "remove", "add a file",
+                                    "remove the seal"])
+def test_a_sealed_folder_tells_any_change(tmp_path, damage):
+    folder = sealed_folder(tmp_path)
+    assert is_intact(folder)
+    weights = folder / "weights.bin"
+    if damage == "flip a byte":
+        data = bytearray(weights.read_bytes())
+        data[100] ^= 1
+        weights.write_bytes(bytes(data))
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "remove":
+        weights.unlink()
+    elif damage == "add a file":
+        (folder / "stray.txt").write_text("x")
+    else:
+        (folder / SEAL_FILE).unlink()
+    assert not is_intact(folder)
+
+
+def test_remove_partial_writes_takes_only_what_killed_writers_left(tmp_path):
+    keep = write_text(tmp_path / "report.md", "done")
+    (tmp_path / ".hidden_by_user").mkdir()
+    left = [tmp_path / f".model.keras{PARTIAL}abc123", tmp_path / "sub" / f".data{PARTIAL}x"]
+    for path in left:
+        path.mkdir(parents=True)
+        (path / "half").write_text("half")
+    assert sorted(remove_partial_writes(tmp_path)) == sorted(left)
+    assert keep.read_text() == "done" and (tmp_path / ".hidden_by_user").is_dir()
+    assert not any(path.exists() for path in left)

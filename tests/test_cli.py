@@ -1,7 +1,10 @@
 """The command line: argument order, and user errors as one line without a traceback."""
 
+import errno
+
 import pytest
 
+from pipeline import cli
 from pipeline.cli import main, parse_arguments
 
 
@@ -34,3 +37,29 @@ def test_backbones_lists_the_registry_whatever_the_order(capsys):
     assert main(["--config", "configs/default.yaml", "backbones"]) == 0
     listed = capsys.readouterr().out
     assert "efficientnet_lite0" in listed and "resnet50 " in listed
+
+
+def disk_full_inside_a_library():
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/model.keras")
+    except OSError as error:
+        raise RuntimeError("Unable to write the file") from error
+
+
+@pytest.mark.parametrize("raise_it", [
+    lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device", "f")),
+    disk_full_inside_a_library,
+    lambda: (_ for _ in ()).throw(RuntimeError("write failed; No space left on device")),
+])
+def test_a_full_disk_is_one_line_naming_the_fix(monkeypatch, capsys, raise_it):
+    monkeypatch.setattr(cli, "_dispatch", lambda arguments: raise_it())
+    assert cli.main(["train"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: the disk is full") and "Traceback" not in error
+    assert "run the same command again" in error
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "_dispatch", lambda arguments: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["train"])

@@ -29,6 +29,7 @@ PHOTOS_PER_CLASS = 12
 NOT_RUN = {
     "make test": "the suite itself (this test is part of it); CI runs it through .ci/run",
     "make test-slow": "the slow suite, its own target: real training on full datasets",
+    "make test-faults": "the fault-injection suite, its own target (CI runs it after make test)",
     "make bench": "benchmarks of several minutes, their own target",
 }
 NETWORK = "needs a network"

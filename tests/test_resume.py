@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import pipeline.backbones  # noqa: F401  (registers the layers model.keras holds)
 from pipeline.model import load_classifier
-from tests.test_fashion_mnist import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 RESUMABLE = ["model.weights=none", "model.image_size=32", "train.batch_size=16",
@@ -59,23 +57,8 @@ def kill_when(process: subprocess.Popen, pattern: str, runs: Path, timeout: floa
     process.wait()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A learnable fake Fashion-MNIST (a bright band whose row says the class), so that every
-    epoch improves the dev loss and the final weights depend on the epochs after the kill."""
-    folder = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for prefix, count in (("train", 400), ("t10k", 40)):
-        labels = np.arange(count) % 10
-        images = rng.integers(0, 120, (count, 28, 28))
-        for index, label in enumerate(labels):
-            images[index, 2 + 2 * label:5 + 2 * label] += 130
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return folder
-
-
-def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(data, tmp_path):
+def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(tiny_fashion_mnist, tmp_path):
+    data = tiny_fashion_mnist
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run("data", data, whole)
     run("train", data, whole)

@@ -71,3 +71,35 @@ def test_a_second_process_cannot_write_a_run_folder_in_use(tmp_path):
         holder.wait()
     with run_folder_lock(tmp_path), run_folder_lock(tmp_path):  # free again, and re-entrant
         assert (tmp_path / ".in_use").read_text().strip() == str(os.getpid())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "remove"])
+def test_an_output_damaged_after_the_stage_makes_it_run_again(tmp_path, damage, capsys):
+    def work():
+        (tmp_path / "data").mkdir(exist_ok=True)
+        (tmp_path / "data" / "train.npy").write_bytes(b"0123456789" * 10)
+        return ["data"]
+
+    assert run_stage(tmp_path, "data", "f1", work)
+    assert not run_stage(tmp_path, "data", "f1", work)
+    array = tmp_path / "data" / "train.npy"
+    if damage == "truncate":
+        array.write_bytes(array.read_bytes()[:50])
+    elif damage == "edit":
+        array.write_bytes(b"x" + array.read_bytes()[1:])
+    else:
+        array.unlink()
+    capsys.readouterr()
+    assert run_stage(tmp_path, "data", "f1", work)
+    assert f"[data] runs again: its output {tmp_path / 'data'} changed" in capsys.readouterr().out
+    assert not run_stage(tmp_path, "data", "f1", work)
+
+
+@pytest.mark.parametrize("content", ["{ torn", "[1, 2]", '{"data": 3}', "\xff\xfe"])
+def test_a_damaged_lock_file_reruns_every_stage(tmp_path, content, capsys):
+    record_stage(tmp_path, "data", "f1", [])
+    (tmp_path / "lock.json").write_text(content, encoding="latin-1")
+    assert not is_fresh(tmp_path, "data", "f1")
+    assert "lock.json is damaged" in capsys.readouterr().out
+    record_stage(tmp_path, "data", "f1", [])  # and it is written whole again
+    assert is_fresh(tmp_path, "data", "f1")

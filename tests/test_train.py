@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline import train
+from pipeline.atomic import atomic_path, seal, write_json, write_with
 from pipeline.config import ConfigError, ModelConfig, TrainConfig, load_config
 from pipeline.model import build_head
 from pipeline.train import class_weights, train_head
@@ -87,3 +88,53 @@ def test_many_steps_per_execution_train_the_same_head_as_one(monkeypatch, tmp_pa
         assert many_history[key] == pytest.approx(values, rel=1e-5), key
     for one, many in zip(one_weights, many_weights, strict=True):
         np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6)
+
+
+def write_backup(backup):
+    """A backup as a run killed in phase 2's third epoch leaves it (file names as train writes
+    them; contents small)."""
+    for name in ("features", "phase1_done", "phase2/checkpoint"):
+        with atomic_path(backup / name) as folder:
+            folder.mkdir()
+            (folder / "data.bin").write_bytes(np.arange(64, dtype="uint8").tobytes())
+            if name.endswith("checkpoint"):
+                (folder / "training_metadata.json").write_text('{"epoch": 2, "batch": -1}')
+            seal(folder)
+    state = backup / "phase2_state"
+    state.mkdir()
+    write_json(state / "epoch_1.json", {"wait": 0, "best": 0.5, "best_epoch": 1, "history": {}})
+    for name in ("random_1.npz", "best_1.npz"):
+        write_with(state / name, lambda handle: np.savez(handle, np.ones(3)))
+
+
+def damage(path, how):
+    if how == "remove":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["remove", "truncate", "flip a byte"])
+@pytest.mark.parametrize("target, discarded", [
+    ("features/data.bin", {"features", "phase1_done", "phase2", "phase2_state"}),
+    ("phase1_done/data.bin", {"phase1_done", "phase2", "phase2_state"}),
+    ("phase2/checkpoint/data.bin", {"phase2", "phase2_state"}),
+    ("phase2_state/best_1.npz", {"phase2", "phase2_state"}),
+    ("phase2_state/epoch_1.json", {"phase2", "phase2_state"}),
+])
+def test_a_damaged_backup_part_is_discarded_with_every_part_after_it(
+        tmp_path, capsys, how, target, discarded):
+    backup = tmp_path / "backup"
+    write_backup(backup)
+    train.discard_damaged_backup(backup)
+    assert sorted(path.name for path in backup.iterdir()) == [
+        "features", "phase1_done", "phase2", "phase2_state"]  # intact: all kept
+    damage(backup / target, how)
+    train.discard_damaged_backup(backup)
+    kept = {"features", "phase1_done", "phase2", "phase2_state"} - discarded
+    assert {path.name for path in backup.iterdir()} == kept
+    assert "is damaged" in capsys.readouterr().out
