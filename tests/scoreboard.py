@@ -29,4 +29,8 @@ def format_scoreboard() -> list[str]:
     for label, first, second in LINES:
         value = f"{SCOREBOARD[first]}" + (f" / {SCOREBOARD[second]}" if second else "")
         lines.append(f"  {label:<52} {value}")
+    kills = [f"{key.removeprefix('killed in ')} {count}" for key, count in SCOREBOARD.items()
+             if key.startswith("killed in ")]
+    if kills:
+        lines.append(f"  {'SIGKILLs by the part of the run they hit':<52} {', '.join(kills)}")
     return lines
