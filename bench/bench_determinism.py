@@ -90,12 +90,10 @@ def _train(photos: Path, folder: Path, deterministic: bool,
     run_dir = folder / "runs" / name
     timings = json.loads((run_dir / "train_history.json").read_text())["timings"]
     timings["total"] = sum(timings[key] for key in TIMINGS)
-    import keras
+    import pipeline.backbones  # noqa: F401  (registers the layers model.keras holds)
+    from pipeline.model import load_classifier
 
-    import pipeline.backbones  # noqa: F401  (registers the backbone's layers)
-
-    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
-    return timings, model.get_weights()
+    return timings, load_classifier(run_dir / "model.keras").get_weights()
 
 
 if __name__ == "__main__":
