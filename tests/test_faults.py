@@ -178,8 +178,12 @@ def torn_artifacts(folders: Folders) -> list[str]:
     return torn
 
 
+TEXT_SUFFIXES = (".md", ".txt", ".yaml", ".html", ".py", ".csv", ".log")
+
+
 def reads_back(path: Path) -> bool:
-    """True when a file parses as its kind: JSON, NumPy, zip (.keras, .npz), PNG, text."""
+    """True when a file parses as its kind: JSON, NumPy, zip (.keras, .npz), PNG, LiteRT,
+    text."""
     try:
         if path.suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
@@ -193,8 +197,10 @@ def reads_back(path: Path) -> bool:
             return data.startswith(b"\x89PNG") and data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82")
         elif path.suffix == ".tflite":
             return path.stat().st_size > 0 and path.read_bytes()[4:8] == b"TFL3"
-        else:
+        elif path.suffix in TEXT_SUFFIXES:
             path.read_text(encoding="utf-8")
+        else:  # other binary files (a SavedModel's variables, ONNX): at least readable
+            path.read_bytes()
         return True
     except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError):
         return False
