@@ -39,6 +39,7 @@ def bench_determinism(fraction: float = 0.3, repeats: int = 2) -> dict:
         return {"skipped": f"no flowers128 at {FLOWERS}"}
     with tempfile.TemporaryDirectory() as folder:
         photos = _share_of_photos(FLOWERS, Path(folder) / "photos", fraction)
+        count = photos_count(photos)
         seconds: dict[bool, list[dict]] = {False: [], True: []}
         weights: dict[bool, list[list[np.ndarray]]] = {False: [], True: []}
         for _ in range(repeats):
@@ -47,7 +48,7 @@ def bench_determinism(fraction: float = 0.3, repeats: int = 2) -> dict:
                     seconds[deterministic]))
                 seconds[deterministic].append(timings)
                 weights[deterministic].append(model)
-    results = {"determinism_photos": photos_count(photos), "determinism_repeats": repeats}
+    results = {"determinism_photos": count, "determinism_repeats": repeats}
     for name in (*TIMINGS, "total"):
         default = statistics.median(run[name] for run in seconds[False])
         determined = statistics.median(run[name] for run in seconds[True])
