@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from pipeline.atomic import write_text, write_with
 from pipeline.config import EvaluateConfig
@@ -132,6 +132,7 @@ def _plot_metric(axes, history: dict[str, list[float]], name: str) -> None:
                          edgecolors="black", zorder=3, label=f"best dev (epoch {best + 1})")
     if "accuracy" in name:
         axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     axes.set_title(name.replace("_", " "), pad=14)  # room for the phase labels
     axes.set_xlabel("epoch")
     axes.grid(alpha=0.3)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import numpy as np
 from PIL import Image
 
@@ -96,8 +98,16 @@ def write_html_report(run_dir: Path, context: dict) -> Path:
     environment.filters["signed_percent"] = lambda value: f"{value * 100:+.2f}%"
     environment.filters["thousands"] = lambda value: f"{value:,}"
     environment.filters["duration"] = _duration
+    environment.filters["code"] = inline_code
     html = environment.get_template("report.html.j2").render(**context)
     return write_text(Path(run_dir) / "report.html", html)
+
+
+def inline_code(text: str) -> markupsafe.Markup:
+    """Escapes `text`, then shows its `backquoted` parts (config keys in the advice) as code.
+    The markup is added after escaping, so nothing in `text` can become markup itself."""
+    escaped = str(markupsafe.escape(text))
+    return markupsafe.Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
 
 
 def _read_json(path: Path) -> dict:

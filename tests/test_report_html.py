@@ -238,3 +238,10 @@ def test_a_small_real_run_writes_a_page_chromium_renders(tmp_path):
     assert "## Calibration" in (run_dir / "report.md").read_text()
     if CHROMIUM:
         render_in_chromium(run_dir / "report.html", tmp_path)
+
+
+def test_backquoted_config_keys_become_code_after_escaping():
+    from pipeline.report_html import inline_code
+
+    assert str(inline_code("raise `model.l2` <now> & `a<b>`")) == \
+        "raise <code>model.l2</code> &lt;now&gt; &amp; <code>a&lt;b&gt;</code>"
