@@ -53,7 +53,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save_figure(figure: Figure, path: Path) -> Path:
-    return write_with(path, lambda handle: figure.savefig(handle, format="png"))
+    # a tight box: constrained layout alone clipped the confusion matrix's long y label
+    return write_with(path, lambda handle: figure.savefig(handle, format="png",
+                                                          bbox_inches="tight", pad_inches=0.1))
 
 
 # --------------------------------------------------------------------------- training curves
@@ -216,7 +218,7 @@ def plot_confusion_matrix(
         colorbar.formatter = PercentFormatter(xmax=1.0)
     _label_confusion_axes(axes, class_names)
     if num_classes <= ANNOTATE_MAX_CLASSES:
-        _annotate_counts(axes, counts, color_scale(values))
+        _annotate_counts(axes, counts, color_scale(values), values if normalize else None)
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     scale = "rows normalised to recall" if normalize else "counts"
     axes.set_title(f"Confusion matrix ({scale})\n{counts.sum()} examples, "
@@ -263,13 +265,19 @@ def _label_confusion_axes(axes, class_names: Sequence[str]) -> None:
     axes.set_ylabel("true class")
 
 
-def _annotate_counts(axes, counts: np.ndarray, shade: np.ndarray) -> None:
-    """Writes each non-zero count in its cell, white on dark cells."""
+def _annotate_counts(axes, counts: np.ndarray, shade: np.ndarray,
+                     fractions: np.ndarray | None = None) -> None:
+    """Writes each non-zero count in its cell (under its fraction of the row when given),
+    white on dark cells."""
     fontsize = 12 if len(counts) <= 5 else 9 if len(counts) <= 10 else 7
+    if fractions is not None and len(counts) > 10:
+        fontsize = 6  # two lines per cell
     for (row, column), count in np.ndenumerate(counts):
         if count:
             color = "white" if shade[row, column] > 0.5 else "black"
-            axes.text(column, row, str(count), ha="center", va="center",
+            text = str(count) if fractions is None else \
+                f"{fractions[row, column]:.0%}\n({count})"
+            axes.text(column, row, text, ha="center", va="center",
                       fontsize=fontsize, color=color)
 
 
