@@ -219,6 +219,7 @@ def test_a_small_real_run_writes_a_page_chromium_renders(tmp_path):
             pixels = rng.integers(0, 120, (40, 40, 3)).astype(np.uint8)
             pixels[:, :, label] += 120  # a learnable colour cast per class
             Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{index}.jpg")
+    (tmp_path / "photos" / CLASSES[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff")  # skipped
     config = load_config("configs/folder.yaml", [
         *TINY, f"data.path={tmp_path / 'photos'}", f"runs_dir={tmp_path / 'runs'}",
         f"export.models_dir={tmp_path / 'models'}"])
