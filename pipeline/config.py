@@ -137,6 +137,9 @@ class TrainConfig:
         class_weight: "none" or "balanced" (weights inversely proportional to class counts).
         mixup_alpha: mixup on the cached inputs of both phases (0 = off; 0.2-0.4 is usual):
             a regulariser for when train accuracy runs far ahead of dev accuracy.
+        label_smoothing: in both phases the one-hot targets become (1 - s) on the true class
+            and s / num_classes spread over all classes (0 = off; 0.1 is usual): the model is
+            taught not to be certain, which may calibrate its probabilities better.
         extraction_engine: what runs the frozen base while features are cached: "auto" (the
             backbone spec's faster one), "litert" or "tensorflow"; results agree to float32
             round-off.
@@ -159,6 +162,7 @@ class TrainConfig:
     early_stopping_monitor: EarlyStoppingMonitor = "val_loss"
     class_weight: ClassWeight = "none"
     mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
     extraction_engine: ExtractionEngine = "auto"
     extraction_precision: ExtractionPrecision = "auto"
     seed: int = 0
@@ -171,13 +175,23 @@ class EvaluateConfig:
 
     Attributes:
         baseline_error: the error you consider unavoidable (human-level or Bayes error proxy);
-            avoidable bias is measured against it.
+            avoidable bias is measured against it. 0 means unknown: all of the train error
+            then counts as avoidable bias.
+        diagnosis_tolerance: a gap between errors (avoidable bias, variance, dev/test
+            mismatch) larger than this is a problem the diagnosis acts on; raise it for small
+            dev/test sets, whose errors move by more than 2 points from chance alone.
         train_error_examples: about this many training examples, a stratified random sample,
             measure train error (0 = all).
+        tta: test-time augmentation, reported beside the plain figures (never instead of
+            them): each dev and test image is also predicted mirrored and as a few crops,
+            and the probabilities are averaged; costs 5 forward passes per image
+            (the plain view, its mirror image and three crops).
     """
 
     baseline_error: float = 0.0
+    diagnosis_tolerance: float = 0.02
     train_error_examples: int = 5000
+    tta: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,7 +254,8 @@ POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
     "search.trials",
 }
-FRACTIONS = {"model.dropout", "train.decay_rate", "evaluate.baseline_error"}
+FRACTIONS = {"model.dropout", "train.decay_rate", "train.label_smoothing",
+             "evaluate.baseline_error", "evaluate.diagnosis_tolerance"}
 
 
 def choice_keys() -> dict[str, tuple[str, ...]]:

@@ -35,24 +35,46 @@ from pipeline.config import EvaluateConfig
 from pipeline.data.splits import SPLIT_NAMES, stratified_sample
 
 TOP_K = 5
-DIAGNOSIS_TOLERANCE = 0.02
-"""A gap between errors (avoidable bias, variance, dev/test) above this counts as a problem."""
 # Gaps are differences of floats: 0.07 - 0.05 is 0.020000000000000004, which must not count
 # as exceeding a 0.02 tolerance.
 _GAP_EPSILON = 1e-9
 
-# Config keys the advice points at; one place, so a renamed key is fixed once. The trade-off
-# steps lower one gap by raising the other, so they are left out when both gaps are high.
-_BIAS_STEPS = (
-    "try a bigger backbone (`model.backbone`)",
-    "unfreeze more layers and train longer (`train.fine_tune_epochs`)",
+# The three gaps of the diagnosis, each between two errors: (name, lower, upper).
+GAPS = (
+    ("avoidable bias", "baseline_error", "train_error"),
+    ("variance", "train_error", "dev_error"),
+    ("dev/test mismatch", "dev_error", "test_error"),
 )
-_BIAS_TRADE_OFF_STEPS = ("regularise less (lower `model.dropout`, `model.l2`)",)
-_VARIANCE_STEPS = ("get more data or augment harder (`augment.chain: strong`)",)
-_VARIANCE_TRADE_OFF_STEPS = (
-    "regularise more (raise `model.dropout`, `model.l2`)",
-    "stop earlier (`train.early_stopping_patience`)",
-)
+# What to change for each gap, naming the config keys; one place, so a renamed key is fixed
+# once. The trade-off steps lower one gap by raising the other, so they are left out when both
+# bias and variance are high.
+NEXT_STEPS = {
+    "avoidable bias": (
+        "try a bigger backbone (`model.backbone`; `make backbones` lists them)",
+        "fine-tune deeper and longer (`train.fine_tune_epochs`, "
+        "`train.fine_tune_learning_rate`) and train the head longer (`train.head_epochs`)",
+    ),
+    "variance": (
+        "get more training data (more images per class in the data folder)",
+        "augment harder (`augment.chain: strong`, more `train.cached_views`) or mix up "
+        "examples (`train.mixup_alpha: 0.2-0.4`)",
+    ),
+    "dev/test mismatch": (
+        "draw dev and test from the same distribution: let the data stage carve both from one "
+        "pool of images (leave out a given test folder, or name the folders with "
+        "`data.split_folders`)",
+        "if dev and test do come from one distribution, dev was overfit by repeated tuning: "
+        "use a bigger dev set (`data.split_ratios`)",
+    ),
+}
+TRADE_OFF_STEPS = {
+    "avoidable bias": ("regularise less (lower `model.dropout`, `model.l2`, "
+                       "`train.mixup_alpha`)",),
+    "variance": (
+        "regularise more (raise `model.dropout`, `model.l2`)",
+        "stop earlier (`train.early_stopping_patience`)",
+    ),
+}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -69,36 +91,82 @@ def evaluate_stage(config: EvaluateConfig, run_dir: Path, *, config_summary: dic
     Returns:
         The outputs written, relative to `run_dir`.
     """
+    from pipeline.calibration import calibration_report
     from pipeline.data.prepare import load_prepared
     from pipeline.model import load_classifier
-    from pipeline.predict import predict_array
     from pipeline.report import write_report
     from pipeline.train import load_history
 
     data = load_prepared(run_dir / "data")
     model = load_classifier(run_dir / "model.keras")
-    metrics = {}
-    for split in SPLIT_NAMES:
-        images, labels = data.images(split), data.labels(split)
-        if split == "train":
-            # Train error on a stable stratified sample: enough for a bias/variance diagnosis.
-            keep = train_error_sample(labels, config.train_error_examples)
-            images, labels = images[keep], labels[keep]
-        started = time.perf_counter()
-        probabilities = predict_array(model, images, description=f"Evaluating ({split})")
-        metrics[split] = classification_metrics(labels, probabilities, data.class_names)
-        metrics[split]["seconds"] = time.perf_counter() - started
+    metrics, labels, probabilities = predict_splits(model, data, config)
     diagnosis = diagnose_bias_variance(
         train_error=metrics["train"]["error"], dev_error=metrics["dev"]["error"],
-        test_error=metrics["test"]["error"], baseline_error=config.baseline_error)
+        test_error=metrics["test"]["error"], baseline_error=config.baseline_error,
+        tolerance=config.diagnosis_tolerance)
     history = load_history(run_dir)
-    result = {**metrics, "diagnosis": diagnosis, "class_names": list(data.class_names),
-              "timings": history["timings"], "image_size": history["image_size"]}
+    names = list(data.class_names)
+    result = {
+        **metrics, "diagnosis": diagnosis, "class_names": names,
+        "timings": history["timings"], "image_size": history["image_size"],
+        "model": parameter_counts(model, config_summary["model"]["backbone"]),
+        # the temperature the exported model's probabilities should use (1.0: as trained)
+        "calibration": calibration_report(labels["dev"], probabilities["dev"],
+                                          labels["test"], probabilities["test"]),
+        "mistakes": most_confident_mistakes(labels["test"], probabilities["test"], names),
+        "confused_pairs": most_confused_pairs(metrics["test"]["confusion_matrix"], names),
+    }
+    if config.tta:
+        result["tta"] = tta_metrics(model, data, metrics, names)
     write_json(run_dir / "metrics.json", result)
     print(format_per_class_table(metrics["test"]))
     print(format_metrics_table(metrics, diagnosis=diagnosis))
-    print(f"Report: {write_report(run_dir, result, history, config_summary=config_summary)}")
-    return ["metrics.json", "report.md"]
+    print(format_extras(result))
+    report = write_report(run_dir, result, history, config_summary=config_summary,
+                          test_images=data.images("test"))
+    print(f"Report: {report} (and report.html beside it, one self-contained page)")
+    return ["metrics.json", "report.md", "report.html"]
+
+
+def predict_splits(model, data, config: EvaluateConfig) -> tuple[dict, dict, dict]:
+    """The model's probabilities on the train sample, dev and test; their metrics (with the
+    seconds each took), labels and probabilities by split."""
+    from pipeline.predict import predict_array
+
+    metrics, labels, probabilities = {}, {}, {}
+    for split in SPLIT_NAMES:
+        images, labels[split] = data.images(split), data.labels(split)
+        if split == "train":
+            # Train error on a stable stratified sample: enough for a bias/variance diagnosis.
+            keep = train_error_sample(labels[split], config.train_error_examples)
+            images, labels[split] = images[keep], labels[split][keep]
+        started = time.perf_counter()
+        probabilities[split] = predict_array(model, images, description=f"Evaluating ({split})")
+        metrics[split] = classification_metrics(labels[split], probabilities[split],
+                                                 data.class_names)
+        metrics[split]["seconds"] = time.perf_counter() - started
+    return metrics, labels, probabilities
+
+
+def parameter_counts(model, backbone: str) -> dict[str, int]:
+    """Parameters of the classifier: in all, and trainable in each phase (phase 1: the head;
+    phase 2: the top blocks, where the backbone spec says, and the head)."""
+    from pipeline.backbones import freeze_backbone, get_backbone_spec
+
+    spec = get_backbone_spec(backbone)
+    base = next(layer for layer in model.layers
+                if hasattr(layer, "layers") and layer.name != "head")
+    head = model.get_layer("head")
+
+    def trainable(*layers) -> int:
+        return sum(int(np.prod(weight.shape)) for layer in layers
+                   for weight in layer.trainable_weights)
+
+    freeze_backbone(base, spec, unfreeze_top=True)
+    phase2 = trainable(base, head)
+    freeze_backbone(base, spec, unfreeze_top=False)
+    return {"total": int(model.count_params()), "trainable_phase1": trainable(head),
+            "trainable_phase2": phase2, "frozen_phase2": int(model.count_params()) - phase2}
 
 
 # --------------------------------------------------------------------------- predictions
@@ -294,6 +362,118 @@ def _integer_labels(labels: np.ndarray, probabilities_shape: tuple[int, int]) ->
     return labels
 
 
+# --------------------------------------------------------------------------- mistakes
+
+
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray,
+                            class_names: Sequence[str], count: int = 12) -> list[dict]:
+    """The examples predicted wrong with the highest confidence, most confident first.
+
+    Returns:
+        Up to `count` dicts: `index` (in the split), `true`, `predicted` (class names),
+        `confidence` (the predicted class's probability) and `true_probability`.
+    """
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")][:count]
+    return [{"index": int(index), "true": class_names[labels[index]],
+             "predicted": class_names[predicted[index]],
+             "confidence": float(probabilities[index, predicted[index]]),
+             "true_probability": float(probabilities[index, labels[index]])}
+            for index in order]
+
+
+def most_confused_pairs(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
+                        count: int = 5) -> list[dict]:
+    """The (true, predicted) pairs of different classes with the most examples.
+
+    Returns:
+        Up to `count` dicts: `true`, `predicted`, `count` and `fraction` (of the true class).
+    """
+    counts = np.asarray(confusion)
+    off_diagonal = [(int(counts[row, column]), row, column)
+                    for row, column in np.ndindex(counts.shape)
+                    if row != column and counts[row, column] > 0]
+    off_diagonal.sort(key=lambda item: (-item[0], item[1], item[2]))
+    return [{"true": class_names[row], "predicted": class_names[column], "count": number,
+             "fraction": number / int(counts[row].sum())}
+            for number, row, column in off_diagonal[:count]]
+
+
+# --------------------------------------------------------------------------- test-time augmentation
+
+TTA_CROP = 0.875  # each crop keeps this fraction of the side, as the common 224-of-256 does
+TTA_VIEWS = ("original", "mirrored", "centre crop", "top-left crop", "bottom-right crop")
+
+
+def tta_views(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The views test-time augmentation averages over, for square uint8 images (N, S, S, C):
+    the images, their mirror images and three crops (the model's resize takes them to its
+    input size, as it does the stored images)."""
+    side = images.shape[1]
+    crop = int(round(side * TTA_CROP))
+    offset, far = (side - crop) // 2, side - crop
+    return {
+        "original": images,
+        "mirrored": images[:, :, ::-1],
+        "centre crop": images[:, offset:offset + crop, offset:offset + crop],
+        "top-left crop": images[:, :crop, :crop],
+        "bottom-right crop": images[:, far:, far:],
+    }
+
+
+def tta_probabilities(model, images: np.ndarray, description: str) -> np.ndarray:
+    """The model's probabilities averaged over `tta_views`.
+
+    Every view is resized to the model's input as evaluation does, and all of them go through
+    one `predict_array` call: one traced graph, so the cost measured is the forward passes'.
+    """
+    from pipeline.predict import eval_inputs, predict_array
+
+    size = model.input_shape[1]
+    views = [eval_inputs(np.ascontiguousarray(view), size) for view in tta_views(images).values()]
+    probabilities = predict_array(model, np.concatenate(views), description=description)
+    return probabilities.reshape(len(views), len(images), -1).mean(axis=0)
+
+
+def tta_metrics(model, data, plain: dict, class_names: Sequence[str]) -> dict:
+    """Dev and test accuracy with test-time augmentation, beside the plain figures, and what
+    it cost: seconds against the plain predictions' seconds on the same splits."""
+    result = {"views": list(TTA_VIEWS), "crop_fraction": TTA_CROP}
+    seconds = 0.0
+    for split in ("dev", "test"):
+        started = time.perf_counter()
+        probabilities = tta_probabilities(model, data.images(split), f"TTA ({split})")
+        seconds += time.perf_counter() - started
+        metrics = classification_metrics(data.labels(split), probabilities, class_names)
+        result[split] = {"accuracy": metrics["accuracy"], "error": metrics["error"],
+                         "plain_accuracy": plain[split]["accuracy"]}
+    plain_seconds = plain["dev"]["seconds"] + plain["test"]["seconds"]
+    result.update(seconds=seconds, plain_seconds=plain_seconds,
+                  cost=seconds / plain_seconds if plain_seconds else None)
+    return result
+
+
+def format_extras(result: dict) -> str:
+    """Calibration and test-time augmentation in a few lines for the terminal."""
+    calibration = result["calibration"]
+    test = calibration["test"]
+    lines = [f"calibration (test, {calibration['bins']} bins): ECE {_percent(test['ece'])}; "
+             f"temperature {calibration['temperature_fitted']:.3f} fitted on dev gives ECE "
+             f"{_percent(test['ece_scaled'])} ("
+             f"{'kept' if calibration['applied'] else 'not kept: no better on test'})"]
+    if "tta" in result:
+        tta = result["tta"]
+        lines.append(
+            f"test-time augmentation ({len(tta['views'])} views): test accuracy "
+            f"{_percent(tta['test']['accuracy'])} against {_percent(tta['test']['plain_accuracy'])}"
+            f" plain, dev {_percent(tta['dev']['accuracy'])} against "
+            f"{_percent(tta['dev']['plain_accuracy'])}; {tta['cost']:.1f}x the prediction time")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- diagnosis
 
 
@@ -303,26 +483,30 @@ def diagnose_bias_variance(
     dev_error: float,
     test_error: float | None = None,
     baseline_error: float = 0.0,
-    tolerance: float = DIAGNOSIS_TOLERANCE,
+    tolerance: float = EvaluateConfig.diagnosis_tolerance,
 ) -> dict:
     """Reads train/dev/test errors the way Andrew Ng's recipe does and advises what to try.
 
-    A gap counts as a problem when it exceeds `tolerance`. Train error should be measured
-    on the training images without augmentation or dropout (`model.evaluate`), otherwise it
-    reads high and hides variance.
+    Three gaps, each with its size: avoidable bias (train - baseline), variance (dev - train)
+    and dev/test mismatch (test - dev). A gap counts as a problem when it exceeds `tolerance`;
+    the largest problem is the one to work on first, and `next_steps` say how, naming config
+    keys. Train error should be measured on the training images without augmentation or
+    dropout (`model.evaluate`), otherwise it reads high and hides variance.
 
     Args:
         train_error: Error on the training set, a fraction in [0, 1].
         dev_error: Error on the dev (validation) set.
         test_error: Error on the test set, if it was evaluated.
         baseline_error: Human-level or Bayes-error proxy; 0.0 if unknown.
-        tolerance: Largest gap still considered acceptable.
+        tolerance: Largest gap still considered acceptable (`evaluate.diagnosis_tolerance`).
 
     Returns:
         A dict with the inputs, `avoidable_bias`, `variance`, `dev_test_gap` (None without a
-        test error), the flags `high_bias`, `high_variance`, `dev_test_mismatch`, a `verdict`
-        in {"high bias", "high variance", "high bias and high variance", "good fit"}, a
-        one-line `summary` and `advice`, a list of next steps naming config keys.
+        test error), `gaps` (`{name: size}` for the gaps measured), the flags `high_bias`,
+        `high_variance`, `dev_test_mismatch`, a `verdict` in {"high bias", "high variance",
+        "high bias and high variance", "good fit"}, `largest_gap` (the name of the largest
+        gap above tolerance, or None), `next_steps` (what to change for it), a one-line
+        `summary` and `advice`, every step for every problem, largest gap first.
 
     Raises:
         ValueError: If an error is outside [0, 1] or the tolerance is negative.
@@ -335,29 +519,27 @@ def diagnose_bias_variance(
     if test_error is not None:
         errors["test_error"] = test_error
     _validate_fractions(errors, tolerance)
-    avoidable_bias = train_error - baseline_error
-    variance = dev_error - train_error
-    dev_test_gap = None if test_error is None else test_error - dev_error
-    high_bias = avoidable_bias > tolerance + _GAP_EPSILON
-    high_variance = variance > tolerance + _GAP_EPSILON
+    gaps = {name: float(errors[upper] - errors[lower])
+            for name, lower, upper in GAPS if upper in errors}
+    problems = {name: size for name, size in gaps.items() if size > tolerance + _GAP_EPSILON}
+    largest = max(problems, key=problems.get, default=None)
     diagnosis = {
-        "train_error": float(train_error),
-        "dev_error": float(dev_error),
+        **{name: float(value) for name, value in errors.items()},
         "test_error": None if test_error is None else float(test_error),
-        "baseline_error": float(baseline_error),
         "tolerance": float(tolerance),
-        "avoidable_bias": float(avoidable_bias),
-        "variance": float(variance),
-        "dev_test_gap": None if dev_test_gap is None else float(dev_test_gap),
-        "high_bias": bool(high_bias),
-        "high_variance": bool(high_variance),
-        "dev_test_mismatch": bool(
-            dev_test_gap is not None and dev_test_gap > tolerance + _GAP_EPSILON
-        ),
-        "verdict": _verdict(high_bias, high_variance),
+        "avoidable_bias": gaps["avoidable bias"],
+        "variance": gaps["variance"],
+        "dev_test_gap": gaps.get("dev/test mismatch"),
+        "gaps": gaps,
+        "high_bias": "avoidable bias" in problems,
+        "high_variance": "variance" in problems,
+        "dev_test_mismatch": "dev/test mismatch" in problems,
+        "verdict": _verdict("avoidable bias" in problems, "variance" in problems),
+        "largest_gap": largest,
     }
+    diagnosis["next_steps"] = [] if largest is None else _steps_for(largest, problems)
     diagnosis["summary"] = _summary(diagnosis)
-    diagnosis["advice"] = _advice(diagnosis)
+    diagnosis["advice"] = _advice(diagnosis, problems)
     return diagnosis
 
 
@@ -383,46 +565,40 @@ def _verdict(high_bias: bool, high_variance: bool) -> str:
     return "good fit"
 
 
+def _steps_for(gap: str, problems: dict[str, float]) -> list[str]:
+    """The next steps for one gap; a trade-off step is left out when it would widen another
+    gap that is also a problem (less regularisation against variance, more against bias)."""
+    other = {"avoidable bias": "variance", "variance": "avoidable bias"}.get(gap)
+    trade_offs = () if other in problems else TRADE_OFF_STEPS.get(gap, ())
+    return [*NEXT_STEPS[gap], *trade_offs]
+
+
 def _summary(diagnosis: dict) -> str:
     """One line: the verdict followed by every gap, so the numbers travel with it."""
-    parts = [
-        f"avoidable bias {_percent(diagnosis['avoidable_bias'], signed=True)}",
-        f"variance {_percent(diagnosis['variance'], signed=True)}",
-    ]
-    if diagnosis["dev_test_gap"] is not None:
-        parts.append(f"dev/test gap {_percent(diagnosis['dev_test_gap'], signed=True)}")
+    names = {"dev/test mismatch": "dev/test gap"}
+    parts = [f"{names.get(name, name)} {_percent(size, signed=True)}"
+             for name, size in diagnosis["gaps"].items()]
     flag = ", dev/test mismatch" if diagnosis["dev_test_mismatch"] else ""
+    largest = diagnosis["largest_gap"]
+    focus = f"; largest: {largest}" if largest and diagnosis["verdict"] != largest else ""
     return (
         f"{diagnosis['verdict']}{flag} ({', '.join(parts)}; "
-        f"tolerance {_percent(diagnosis['tolerance'])})"
+        f"tolerance {_percent(diagnosis['tolerance'])}{focus})"
     )
 
 
-def _advice(diagnosis: dict) -> list[str]:
-    """Concrete next steps, each quoting the gap that motivates it."""
+def _advice(diagnosis: dict, problems: dict[str, float]) -> list[str]:
+    """Concrete next steps, largest gap first, each tagged with the gap that motivates it."""
     train, dev = _percent(diagnosis["train_error"]), _percent(diagnosis["dev_error"])
     baseline = _percent(diagnosis["baseline_error"])
-    high_bias, high_variance = diagnosis["high_bias"], diagnosis["high_variance"]
     advice = []
-    if high_bias:
-        tag = f"[avoidable bias {_percent(diagnosis['avoidable_bias'], signed=True)}]"
-        steps = _BIAS_STEPS + (() if high_variance else _BIAS_TRADE_OFF_STEPS)
-        advice += [f"{tag} {step}." for step in steps]
-    if high_variance:
-        tag = f"[variance {_percent(diagnosis['variance'], signed=True)}]"
-        steps = _VARIANCE_STEPS + (() if high_bias else _VARIANCE_TRADE_OFF_STEPS)
-        advice += [f"{tag} {step}." for step in steps]
-    if high_bias and high_variance:
+    for gap in sorted(problems, key=problems.get, reverse=True):
+        tag = f"[{gap} {_percent(problems[gap], signed=True)}]"
+        advice += [f"{tag} {step}." for step in _steps_for(gap, problems)]
+    if diagnosis["high_bias"] and diagnosis["high_variance"]:
         advice.append(
-            "[both] fix bias first; tune `model.dropout`, `model.l2` and "
-            "`train.early_stopping_patience` once train error nears the baseline, since they "
-            "trade one gap for the other."
-        )
-    if diagnosis["dev_test_mismatch"]:
-        advice.append(
-            f"[dev/test gap {_percent(diagnosis['dev_test_gap'], signed=True)}] the dev set may "
-            "be overfit by repeated tuning (use a bigger dev set) or come from a different "
-            "distribution than test (draw both from the same source)."
+            "[both] tune `model.dropout`, `model.l2` and `train.early_stopping_patience` once "
+            "train error nears the baseline: they trade one gap for the other."
         )
     if diagnosis["variance"] < -diagnosis["tolerance"] - _GAP_EPSILON:
         advice.append(
@@ -434,7 +610,8 @@ def _advice(diagnosis: dict) -> list[str]:
         advice.append(
             f"[good fit] train {train}, dev {dev}, baseline {baseline}: every gap is within "
             f"tolerance {_percent(diagnosis['tolerance'])}; to go further, lower the baseline "
-            "(better human-level estimate) or try a bigger backbone (`model.backbone`)."
+            "(`evaluate.baseline_error`, a better human-level estimate) or try a bigger "
+            "backbone (`model.backbone`)."
         )
     return advice
 

@@ -27,11 +27,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from pipeline.atomic import write_text, write_with
+from pipeline.config import EvaluateConfig
 from pipeline.data.splits import SPLIT_NAMES
-from pipeline.evaluate import DIAGNOSIS_TOLERANCE, diagnose_bias_variance, split_errors
+from pipeline.evaluate import diagnose_bias_variance, split_errors
 
 DPI = 120
 ANNOTATE_MAX_CLASSES = 20  # above this, per-cell counts no longer fit in the cells
@@ -52,7 +53,9 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save_figure(figure: Figure, path: Path) -> Path:
-    return write_with(path, lambda handle: figure.savefig(handle, format="png"))
+    # a tight box: constrained layout alone clipped the confusion matrix's long y label
+    return write_with(path, lambda handle: figure.savefig(handle, format="png",
+                                                          bbox_inches="tight", pad_inches=0.1))
 
 
 # --------------------------------------------------------------------------- training curves
@@ -66,7 +69,8 @@ def plot_history(
     Args:
         history: Keras-style history, e.g. `{"loss": [...], "val_loss": [...],
             "accuracy": [...], "val_accuracy": [...]}`, with phase 2 appended to phase 1.
-            `val_*` series are drawn as "dev"; learning-rate series are skipped.
+            `val_*` series are drawn as "dev"; a "learning_rate" series is drawn on a second,
+            logarithmic axis of every panel.
         path: Where to write the PNG.
         phase_boundaries: Number of epochs completed when each new phase started, e.g.
             `[head_epochs]` for head training followed by fine-tuning. A boundary at 0 or at
@@ -88,6 +92,8 @@ def plot_history(
     for axes, name in zip(panels, metric_names, strict=True):
         _plot_metric(axes, history, name)
         _mark_phases(axes, phase_boundaries, num_epochs)
+        _plot_learning_rate(axes, history.get("learning_rate", []), num_epochs,
+                            phase_boundaries)
     return _save_figure(figure, path)
 
 
@@ -128,10 +134,31 @@ def _plot_metric(axes, history: dict[str, list[float]], name: str) -> None:
                          edgecolors="black", zorder=3, label=f"best dev (epoch {best + 1})")
     if "accuracy" in name:
         axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     axes.set_title(name.replace("_", " "), pad=14)  # room for the phase labels
     axes.set_xlabel("epoch")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
+
+
+def _plot_learning_rate(axes, rates: Sequence[float], num_epochs: int,
+                        phase_boundaries: Sequence[int]) -> None:
+    """The learning rate per epoch on a second, logarithmic y axis (both phases decay it
+    exponentially, so it reads as straight lines), one line per phase; one legend for both
+    axes."""
+    if len(rates) != num_epochs or min(rates, default=0) <= 0:
+        return  # a history from before the rate was logged, or one with gaps
+    second = axes.twinx()
+    edges = [0, *phase_boundaries, num_epochs]
+    for index, (start, end) in enumerate(pairwise(edges)):
+        second.plot(np.arange(start + 1, end + 1), rates[start:end], color="#7f7f7f",
+                    linestyle=":", linewidth=1.5, label="learning rate" if index == 0 else None)
+    second.set_yscale("log")
+    second.set_ylabel("learning rate", color="#7f7f7f")
+    second.tick_params(axis="y", colors="#7f7f7f", labelsize=8)
+    handles, labels = axes.get_legend_handles_labels()
+    more_handles, more_labels = second.get_legend_handles_labels()
+    axes.legend(handles + more_handles, labels + more_labels, loc="best", fontsize=8)
 
 
 def _mark_phases(axes, phase_boundaries: Sequence[int], num_epochs: int) -> None:
@@ -191,7 +218,7 @@ def plot_confusion_matrix(
         colorbar.formatter = PercentFormatter(xmax=1.0)
     _label_confusion_axes(axes, class_names)
     if num_classes <= ANNOTATE_MAX_CLASSES:
-        _annotate_counts(axes, counts, color_scale(values))
+        _annotate_counts(axes, counts, color_scale(values), values if normalize else None)
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     scale = "rows normalised to recall" if normalize else "counts"
     axes.set_title(f"Confusion matrix ({scale})\n{counts.sum()} examples, "
@@ -238,13 +265,19 @@ def _label_confusion_axes(axes, class_names: Sequence[str]) -> None:
     axes.set_ylabel("true class")
 
 
-def _annotate_counts(axes, counts: np.ndarray, shade: np.ndarray) -> None:
-    """Writes each non-zero count in its cell, white on dark cells."""
+def _annotate_counts(axes, counts: np.ndarray, shade: np.ndarray,
+                     fractions: np.ndarray | None = None) -> None:
+    """Writes each non-zero count in its cell (under its fraction of the row when given),
+    white on dark cells."""
     fontsize = 12 if len(counts) <= 5 else 9 if len(counts) <= 10 else 7
+    if fractions is not None and len(counts) > 10:
+        fontsize = 6  # two lines per cell
     for (row, column), count in np.ndenumerate(counts):
         if count:
             color = "white" if shade[row, column] > 0.5 else "black"
-            axes.text(column, row, str(count), ha="center", va="center",
+            text = str(count) if fractions is None else \
+                f"{fractions[row, column]:.0%}\n({count})"
+            axes.text(column, row, text, ha="center", va="center",
                       fontsize=fontsize, color=color)
 
 
@@ -287,7 +320,7 @@ def plot_error_bars(
         diagnosis = diagnose_bias_variance(
             train_error=errors["train"], dev_error=errors["dev"], test_error=errors.get("test"),
             baseline_error=baseline_error)
-    title, tolerance = "Error by split", DIAGNOSIS_TOLERANCE
+    title, tolerance = "Error by split", EvaluateConfig.diagnosis_tolerance
     if diagnosis is not None:
         baseline_error, tolerance = diagnosis["baseline_error"], diagnosis["tolerance"]
         flag = ", dev/test mismatch" if diagnosis["dev_test_mismatch"] else ""
@@ -338,6 +371,47 @@ def _draw_gaps(axes, errors: dict[str, float], tolerance: float, min_arrow: floa
                   bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
 
 
+# --------------------------------------------------------------------------- calibration
+
+
+def plot_reliability(calibration: dict, path: Path) -> Path:
+    """Reliability diagram of the test split: accuracy against confidence per bin, before and
+    after the temperature fitted on dev; a calibrated model follows the diagonal.
+
+    Args:
+        calibration: a `pipeline.calibration.calibration_report` result.
+        path: Where to write the PNG.
+
+    Returns:
+        `path`.
+    """
+    figure = _new_figure(5.5, 4.5)
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+    edges = np.asarray(calibration["reliability"]["plain"]["edges"])
+    width = edges[1] - edges[0]
+    test = calibration["test"]
+    series = (("plain", f"as trained (ECE {test['ece']:.2%})", SPLIT_COLORS["train"]),
+              ("scaled", f"T = {calibration['temperature_fitted']:.2f} "
+                         f"(ECE {test['ece_scaled']:.2%})", SPLIT_COLORS["dev"]))
+    for offset, (key, label, color) in zip((0.25, 0.75), series, strict=True):
+        table = calibration["reliability"][key]
+        shown = [index for index, count in enumerate(table["count"]) if count]
+        axes.bar(edges[shown] + offset * width, [table["accuracy"][i] for i in shown],
+                 width=width / 2, color=color, alpha=0.8, label=label)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    axes.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    axes.set_xlabel("confidence (top probability), binned")
+    axes.set_ylabel("accuracy in the bin")
+    kept = "kept" if calibration["applied"] else "not kept"
+    axes.set_title(f"Reliability (test): temperature {kept}")
+    axes.legend(loc="upper left", fontsize=8)
+    axes.grid(alpha=0.3)
+    return _save_figure(figure, path)
+
+
 # --------------------------------------------------------------------------- report.md
 
 
@@ -349,6 +423,7 @@ def write_run_report(
     timings: dict[str, float],
     plots: dict[str, Path],
     config_summary: dict | None = None,
+    extra: list[str] = (),
 ) -> Path:
     """Writes `run_dir/report.md`: headline numbers, verdict, timings, per-class table, plots.
 
@@ -362,6 +437,7 @@ def write_run_report(
         plots: `{title: png_path}`; linked relative to `run_dir`.
         config_summary: Optional (possibly nested) config values to list, e.g. the resolved
             experiment config as a dict.
+        extra: Markdown lines inserted after the headline (see `markdown_extras`).
 
     Returns:
         The path of `report.md`.
@@ -374,6 +450,7 @@ def write_run_report(
     _validate_metrics_by_split(metrics)
     lines = [f"# Run report: {run_dir.name}", ""]
     lines += _headline_section(metrics, diagnosis)
+    lines += list(extra)
     if config_summary:
         lines += _config_section(config_summary)
     lines += _timings_section(timings)
@@ -488,31 +565,85 @@ def _duration(seconds: float) -> str:
 # ------------------------------------------------------------------ the evaluate stage's report
 
 
-def write_report(run_dir: Path, metrics: dict, history: dict, *, config_summary: dict) -> Path:
-    """The run's plots and `report.md`, from the evaluate stage's metrics and the train history.
+def write_report(run_dir: Path, metrics: dict, history: dict, *, config_summary: dict,
+                 test_images: np.ndarray | None = None) -> Path:
+    """The run's plots, `report.md` and its self-contained twin `report.html`, from the
+    evaluate stage's metrics and the train history.
 
     Args:
         run_dir: the run folder; the plots are written beside `report.md`.
         metrics: what the evaluate stage writes to metrics.json: metrics per split,
-            "diagnosis", "class_names".
+            "diagnosis", "class_names", and (optional) "calibration", "mistakes",
+            "confused_pairs", "tta", "model".
         history: `train_history.json` (per-epoch metrics, phase boundaries, timings).
         config_summary: the resolved experiment config as a dict.
+        test_images: the test split's stored images, shown in the mistakes gallery.
 
     Returns:
         The path of `report.md`.
     """
+    from pipeline.report_html import report_context, write_html_report
+
     plots = {
         "training curves": plot_history(history["history"], run_dir / "training_curves.png",
                                         phase_boundaries=history["phase_boundaries"]),
-        "confusion matrix (test)": plot_confusion_matrix(
+        "confusion matrix": plot_confusion_matrix(
             metrics["test"]["confusion_matrix"], metrics["class_names"],
             run_dir / "confusion_matrix.png"),
         "bias / variance": plot_error_bars(
             {split: metrics[split]["error"] for split in SPLIT_NAMES}, run_dir / "errors.png",
             diagnosis=metrics["diagnosis"]),
     }
+    if "calibration" in metrics:
+        plots["reliability"] = plot_reliability(metrics["calibration"],
+                                                run_dir / "reliability.png")
+    context = report_context(run_dir, metrics, history, config_summary=config_summary,
+                             plots=plots, test_images=test_images)
+    write_html_report(run_dir, context)
     if (run_dir / "augment_preview.png").exists():
         plots["augmentation preview"] = run_dir / "augment_preview.png"
     return write_run_report(run_dir, metrics=metrics, diagnosis=metrics["diagnosis"],
                             timings=history["timings"], plots=plots,
-                            config_summary=config_summary)
+                            config_summary=config_summary, extra=markdown_extras(metrics))
+
+
+def markdown_extras(metrics: dict) -> list[str]:
+    """The Markdown twin of the HTML page's extra sections: next steps, calibration,
+    test-time augmentation, the most confident mistakes and the most confused pairs."""
+    lines = []
+    diagnosis = metrics["diagnosis"]
+    if diagnosis.get("largest_gap"):
+        gap = diagnosis["largest_gap"]
+        lines += [f"## Next steps for the largest gap: {gap} "
+                  f"({diagnosis['gaps'][gap]:+.2%})", ""]
+        lines += [f"- {step}" for step in diagnosis["next_steps"]] + [""]
+    if "calibration" in metrics:
+        calibration = metrics["calibration"]
+        rows = [[split, *(f"{calibration[split][key]:.2%}" for key in ("ece", "ece_scaled")),
+                 *(f"{calibration[split][key]:.4f}" for key in ("nll", "nll_scaled"))]
+                for split in ("dev", "test")]
+        kept = "kept" if calibration["applied"] else "not kept (no better on test)"
+        lines += ["## Calibration", "",
+                  f"Temperature fitted on dev: {calibration['temperature_fitted']:.3f}, {kept}; "
+                  f"the exported probabilities use T = {calibration['temperature']:.3f}.", "",
+                  *_markdown_table(["split", "ECE", "ECE with T", "NLL", "NLL with T"], rows), ""]
+    if "tta" in metrics:
+        tta = metrics["tta"]
+        rows = [[split, f"{tta[split]['plain_accuracy']:.2%}", f"{tta[split]['accuracy']:.2%}"]
+                for split in ("dev", "test")]
+        lines += ["## Test-time augmentation", "",
+                  f"{len(tta['views'])} views ({', '.join(tta['views'])}), "
+                  f"{tta['cost']:.1f}x the prediction time.", "",
+                  *_markdown_table(["split", "plain accuracy", "with TTA"], rows), ""]
+    if metrics.get("mistakes"):
+        rows = [[str(m["index"]), m["true"], m["predicted"], f"{m['confidence']:.1%}"]
+                for m in metrics["mistakes"]]
+        lines += ["## Most confident mistakes (test)", "",
+                  *_markdown_table(["test image", "true", "predicted", "confidence"], rows), ""]
+    if metrics.get("confused_pairs"):
+        rows = [[p["true"], p["predicted"], str(p["count"]), f"{p['fraction']:.1%}"]
+                for p in metrics["confused_pairs"]]
+        lines += ["## Most confused pairs (test)", "",
+                  *_markdown_table(["true", "predicted as", "images", "of the true class"], rows),
+                  ""]
+    return lines

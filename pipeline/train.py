@@ -81,6 +81,8 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
          side, "extraction_engine" and "extraction_precision": what ran the frozen base}
     """
     backup_dir = backup_dir or run_dir / "backup"
+    if not backup_dir.exists():  # a fresh start: the logs of an earlier training would mislead
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     discard_damaged_backup(backup_dir)
     keras.utils.set_random_seed(training.seed)
     if training.deterministic:
@@ -102,7 +104,7 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     started = time.perf_counter()
     history = _head_once(backup_dir / "phase1_done", head, lambda: train_head(
         head, train_cache.pooled, train_labels, dev_cache.pooled, dev_labels, training,
-        backup_dir / "phase1"))
+        backup_dir / "phase1", callbacks=[tensorboard_logs(run_dir, "phase1")]))
     timings["phase1_head_s"] = time.perf_counter() - started
     boundaries = [len(history.get("loss", []))]
 
@@ -110,7 +112,8 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         freeze_backbone(base, spec, unfreeze_top=True)
         started = time.perf_counter()
         history2 = fine_tune(top, head, train_cache.activations, train_labels,
-                             dev_cache.activations, dev_labels, training, backup_dir / "phase2")
+                             dev_cache.activations, dev_labels, training, backup_dir / "phase2",
+                             callbacks=[tensorboard_logs(run_dir, "phase2")])
         timings["phase2_fine_tune_s"] = time.perf_counter() - started
         for key, values in history2.items():
             history.setdefault(key, []).extend(values)
@@ -349,7 +352,8 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
     stopping = early_stopping(config, state_dir=backup_dir.with_name(backup_dir.name + "_state"))
     draw_epoch = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs=None: train_data.set_epoch(epoch))
-    callbacks = [draw_epoch, stopping, AtomicBackupAndRestore(backup_dir), *(callbacks or [])]
+    callbacks = [draw_epoch, LearningRateLog(), stopping, AtomicBackupAndRestore(backup_dir),
+                 *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
     # CachedViews shuffles the examples with its own seeded generator; Keras' own shuffle of
@@ -363,9 +367,11 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
 def compile_model(model: keras.Model, *, learning_rate: float, steps_per_epoch: int,
                   config: TrainConfig, steps_per_execution: int = 1) -> None:
     """Compiles as both phases and the search train: Adam with exponential decay from
-    `learning_rate`, categorical cross-entropy on one-hot labels, accuracy."""
+    `learning_rate`, categorical cross-entropy on one-hot labels (smoothed by
+    `train.label_smoothing`), accuracy."""
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     model.compile(optimizer=adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  loss=loss, metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
 
 
@@ -379,6 +385,28 @@ def cached_datasets(train_views: np.ndarray, train_labels: np.ndarray, dev_views
     dev_data = CachedViews(dev_views, dev_labels, config.batch_size * 4, seed=config.seed,
                            shuffle=False, num_classes=num_classes)
     return train_data, dev_data
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_logs(run_dir: Path, phase: str) -> keras.callbacks.TensorBoard:
+    """TensorBoard scalars (loss, accuracy, learning rate per epoch) of one phase, in
+    `run_dir/tensorboard/<phase>/`: `tensorboard --logdir runs/<name>/tensorboard`. Event files
+    are appended as training goes, so they are logs, not artifacts written whole."""
+    return keras.callbacks.TensorBoard(str(run_dir / TENSORBOARD_DIR / phase), write_graph=False,
+                                       profile_batch=0)
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the optimizer's learning rate at the end of each epoch to that epoch's logs, so the
+    history (and the learning-curve plot) shows the decay. It must come before the callbacks
+    that record the logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+                self.model.optimizer.learning_rate))
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):

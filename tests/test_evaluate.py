@@ -141,30 +141,65 @@ def test_nan_probabilities_raise_value_error():
 # --------------------------------------------------------------------------- diagnosis
 
 HIGH_BIAS_KEYS = ["`model.backbone`", "`train.fine_tune_epochs`", "`model.dropout`", "`model.l2`"]
-HIGH_VARIANCE_KEYS = [
-    "`augment.chain: strong`", "`model.dropout`", "`model.l2`", "`train.early_stopping_patience`"
-]
+HIGH_VARIANCE_KEYS = ["`augment.chain: strong`", "`train.mixup_alpha", "`model.dropout`",
+                      "`model.l2`", "`train.early_stopping_patience`"]
+MISMATCH_KEYS = ["`data.split_folders`", "`data.split_ratios`"]
 
 
 @pytest.mark.parametrize(
-    ("errors", "verdict", "expected_keys"),
+    ("errors", "verdict", "largest", "expected_keys"),
     [
         ({"train_error": 0.15, "dev_error": 0.16, "baseline_error": 0.02}, "high bias",
-         HIGH_BIAS_KEYS),
-        ({"train_error": 0.02, "dev_error": 0.10}, "high variance", HIGH_VARIANCE_KEYS),
-        ({"train_error": 0.15, "dev_error": 0.30}, "high bias and high variance",
-         ["`model.backbone`", "`augment.chain: strong`", "`train.early_stopping_patience`"]),
-        ({"train_error": 0.03, "dev_error": 0.04, "baseline_error": 0.02}, "good fit",
-         ["`model.backbone`"]),
+         "avoidable bias", HIGH_BIAS_KEYS),
+        ({"train_error": 0.02, "dev_error": 0.10}, "high variance", "variance",
+         HIGH_VARIANCE_KEYS),
+        ({"train_error": 0.15, "dev_error": 0.35}, "high bias and high variance", "variance",
+         ["`augment.chain: strong`", "`train.mixup_alpha"]),
+        ({"train_error": 0.03, "dev_error": 0.04, "test_error": 0.10, "baseline_error": 0.02},
+         "good fit", "dev/test mismatch", MISMATCH_KEYS),
+        ({"train_error": 0.03, "dev_error": 0.04, "test_error": 0.05, "baseline_error": 0.02},
+         "good fit", None, []),
     ],
-    ids=["bias", "variance", "both", "good"],
+    ids=["bias", "variance", "both", "mismatch", "good"],
 )
-def test_diagnosis_verdicts_and_advice_keys(errors, verdict, expected_keys):
+def test_each_verdict_names_its_largest_gap_and_the_keys_to_change(errors, verdict, largest,
+                                                                  expected_keys):
     diagnosis = diagnose_bias_variance(**errors)
     assert diagnosis["verdict"] == verdict
-    advice = "\n".join(diagnosis["advice"])
+    assert diagnosis["largest_gap"] == largest
+    steps = "\n".join(diagnosis["next_steps"])
     for key in expected_keys:
-        assert key in advice
+        assert key in steps
+    if largest is None:
+        assert diagnosis["next_steps"] == []
+        assert diagnosis["advice"][0].startswith("[good fit]")
+    else:
+        assert diagnosis["advice"][0].startswith(f"[{largest} ")  # the largest gap comes first
+
+
+def test_the_tolerance_decides_what_counts_as_a_problem():
+    errors = {"train_error": 0.10, "dev_error": 0.14, "test_error": 0.15}
+    assert diagnose_bias_variance(**errors, baseline_error=0.09)["verdict"] == "high variance"
+    relaxed = diagnose_bias_variance(**errors, baseline_error=0.09, tolerance=0.05)
+    assert relaxed["verdict"] == "good fit" and relaxed["largest_gap"] is None
+    assert "tolerance 5.00%" in relaxed["summary"]
+
+
+def test_the_tolerance_is_a_config_key(tmp_path):
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None, ["evaluate.diagnosis_tolerance=0.05"]).evaluate \
+        .diagnosis_tolerance == 0.05
+    with pytest.raises(ConfigError, match="evaluate.diagnosis_tolerance"):
+        load_config(None, ["evaluate.diagnosis_tolerance=1.5"])
+
+
+def test_the_largest_gap_leads_when_several_are_high():
+    diagnosis = diagnose_bias_variance(train_error=0.10, dev_error=0.14, test_error=0.30)
+    assert diagnosis["largest_gap"] == "dev/test mismatch"  # +16 points against +10 and +4
+    tags = [step.split("]")[0] for step in diagnosis["advice"]]
+    assert tags[0] == "[dev/test mismatch +16.00%"
+    assert tags.index("[avoidable bias +10.00%") < tags.index("[variance +4.00%")
 
 
 def test_diagnosis_reports_the_gaps_as_numbers():
@@ -181,7 +216,9 @@ def test_diagnosis_reports_the_gaps_as_numbers():
 def test_both_high_leaves_out_advice_that_trades_one_gap_for_the_other():
     advice = diagnose_bias_variance(train_error=0.15, dev_error=0.30)["advice"]
     assert not any("regularise less" in step or "regularise more" in step for step in advice)
-    assert any("fix bias first" in step for step in advice)
+    assert any(step.startswith("[both]") for step in advice)
+    alone = diagnose_bias_variance(train_error=0.02, dev_error=0.30)["advice"]
+    assert any("regularise more" in step for step in alone)
 
 
 def test_dev_test_mismatch_is_flagged_beside_the_verdict():
@@ -190,7 +227,7 @@ def test_dev_test_mismatch_is_flagged_beside_the_verdict():
     assert diagnosis["verdict"] == "good fit"
     assert diagnosis["dev_test_mismatch"] is True
     assert "dev/test mismatch" in diagnosis["summary"]
-    assert any("[dev/test gap +6.00%]" in step for step in diagnosis["advice"])
+    assert any("[dev/test mismatch +6.00%]" in step for step in diagnosis["advice"])
 
 
 def test_no_mismatch_without_test_error_or_within_tolerance():
