@@ -95,6 +95,11 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         keep_activations=training.fine_tune_epochs > 0))
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
+    if training.head_learning_rate == "auto":
+        from pipeline.lr_find import resolve_head_learning_rate
+
+        training = resolve_head_learning_rate(training, model, train_cache.pooled, train_labels,
+                                              len(data.class_names))
 
     head = build_head(len(data.class_names), train_cache.pooled.shape[-1], model)
     started = time.perf_counter()
@@ -118,8 +123,8 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     with atomic_path(run_dir / "model.keras") as path:
         classifier.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": image_size, "extraction_engine": engine["engine"],
-              "extraction_precision": engine["precision"]}
+              "head_learning_rate": training.head_learning_rate, "image_size": image_size,
+              "extraction_engine": engine["engine"], "extraction_precision": engine["precision"]}
     write_json(run_dir / "train_history.json", result)
     shutil.rmtree(backup_dir, ignore_errors=True)  # done: nothing left to resume
     return result
@@ -293,7 +298,10 @@ def compile_model(model: keras.Model, *, learning_rate: float, steps_per_epoch: 
                   config: TrainConfig, steps_per_execution: int = 1) -> None:
     """Compiles as both phases and the search train: Adam with exponential decay from
     `learning_rate`, categorical cross-entropy on one-hot labels, accuracy."""
-    model.compile(optimizer=adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate),
+    optimizer = adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate)
+    # read by Adam's update step, so setting them before the first step is enough
+    optimizer.beta_1, optimizer.beta_2 = config.adam_beta_1, config.adam_beta_2
+    model.compile(optimizer=optimizer,
                   loss="categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
 
