@@ -186,10 +186,12 @@ def test_two_rounds_on_dev_never_read_test_write_results_and_resume(tiny_config,
 
 @pytest.mark.slow
 def test_full_recipe_trials_and_best_yaml_trains(tiny_config, monkeypatch):
-    """Both phases per trial (a phase-2 key searched), two chains; `best.yaml` trains as is."""
+    """Both phases per trial (a phase-2 key searched), two chains; `best.yaml` trains as is,
+    its `train.head_learning_rate: auto` taken from the learning-rate finder."""
     from pipeline.cli import main
+    from pipeline.lr_find import SWEEP
 
-    config = tiny_config("search.trials=2", "search.rounds=1",
+    config = tiny_config("search.trials=2", "search.rounds=1", "train.head_learning_rate=auto",
                          "search.keys=[fine_tune_learning_rate, chain]",
                          "search.chain=[choice, none, light]")
     run_stages(config, ("data",))
@@ -202,7 +204,8 @@ def test_full_recipe_trials_and_best_yaml_trains(tiny_config, monkeypatch):
     assert main(["train", "--config", str(best), "--force"]) == 0  # test still poisoned
     trained = load_config(best)
     history = json.loads((config.run_dir / "train_history.json").read_text())
-    assert history["head_learning_rate"] == trained.train.head_learning_rate
+    assert trained.train.head_learning_rate == "auto"
+    assert SWEEP[0] < history["head_learning_rate"] < SWEEP[1]
     assert len(history["history"]["loss"]) > history["phase_boundaries"][0]  # phase 2 ran
     assert trained.train.fine_tune_learning_rate == result["best"][
         "train.fine_tune_learning_rate"]
