@@ -20,6 +20,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.config import ExperimentConfig, to_dict
 from pipeline.search.space import Dimension, from_json, with_values
 
+PLOTS_PER_ROW = 4
 ROUND_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 
 
@@ -60,10 +61,12 @@ def plot(result: dict, path: Path) -> None:
     """Dev accuracy against each searched hyperparameter, coloured by round; log axes for
     values drawn on a log scale (1 - value for "one_minus_log"), categories for choices."""
     space = from_json(result["rounds"][0])
-    figure = Figure(figsize=(3.4 * len(space) + 0.6, 3.4), layout="constrained")
+    columns = min(len(space), PLOTS_PER_ROW)
+    rows = -(-len(space) // columns)
+    figure = Figure(figsize=(3.4 * columns + 0.6, 3.2 * rows + 0.4), layout="constrained")
     FigureCanvasAgg(figure)
     for index, dimension in enumerate(space):
-        axes = figure.add_subplot(1, len(space), index + 1)
+        axes = figure.add_subplot(rows, columns, index + 1)
         for number in range(1, len(result["rounds"]) + 1):
             trials = [trial for trial in result["trials"] if trial["round"] == number]
             axes.scatter([_x(dimension, trial[dimension.key]) for trial in trials],
@@ -74,7 +77,7 @@ def plot(result: dict, path: Path) -> None:
         axes.scatter([_x(dimension, best[dimension.key])], [best["dev_accuracy"]], s=90,
                      facecolors="none", edgecolors="tab:red", label="best")
         _label(axes, dimension)
-        axes.set_ylabel("dev accuracy" if index == 0 else None)
+        axes.set_ylabel("dev accuracy" if index % columns == 0 else None)
     figure.axes[0].legend(fontsize=7)
     figure.suptitle(f"Search: {len(result['trials'])} trials ({result['kind']}), "
                     f"{len(result['rounds'])} rounds")
@@ -88,13 +91,14 @@ def _x(dimension: Dimension, value):
 
 
 def _label(axes, dimension: Dimension) -> None:
-    axes.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on short spans
     if dimension.scale == "one_minus_log":
         axes.set(xscale="log", xlabel=f"1 - {dimension.key} (log)")
     elif dimension.scale == "log":
         axes.set(xscale="log", xlabel=f"{dimension.key} (log)")
     else:
         axes.set(xlabel=dimension.key)
+    # after the scale, which resets it: labelled minor ticks overlap on spans under a decade
+    axes.xaxis.set_minor_formatter(NullFormatter())
 
 
 __all__ = ["write_all", "format_table", "plot"]
