@@ -209,3 +209,22 @@ def test_full_recipe_trials_and_best_yaml_trains(tiny_config, monkeypatch):
     assert len(history["history"]["loss"]) > history["phase_boundaries"][0]  # phase 2 ran
     assert trained.train.fine_tune_learning_rate == result["best"][
         "train.fine_tune_learning_rate"]
+
+
+def test_adam_betas_from_the_config_reach_the_optimizer():
+    import keras
+
+    from pipeline.train import compile_model
+
+    def first_momentum(*overrides: str) -> np.ndarray:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+        compile_model(model, learning_rate=0.01, steps_per_epoch=4,
+                      config=load_config(None, list(overrides)).train)
+        model.train_on_batch(np.ones((4, 3), "float32"), np.eye(2, dtype="float32")[[0, 1, 0, 1]])
+        return model.optimizer.variables[2].numpy()  # m after one step: (1 - beta1) * gradient
+
+    default = first_momentum()
+    custom = first_momentum("train.adam_beta_1=0.95", "train.adam_beta_2=0.9995")
+    np.testing.assert_allclose(default, 2 * custom, rtol=1e-5)  # (1 - 0.9) / (1 - 0.95)
+    assert np.abs(default).max() > 0
