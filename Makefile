@@ -3,7 +3,8 @@
 #   make train DATA=~/photos          your own folder: one sub-folder per class
 #   make train CONFIG=configs/flowers.yaml   tfds + ResNet50 ImageNet (needs a network)
 #   make train ARGS="train.head_epochs=5"    any config override, any target
-#   make search                       random search of the head's hyperparameters on dev
+#   make search                       coarse-to-fine random search of hyperparameters on dev
+#   make lr-find                      learning-rate finder: the head's loss against its rate
 #   make test                         the test suite CI runs
 #   make test-faults                  kills, damages and starves real runs; prints a scoreboard
 # TEST_ARGS is appended after ARGS; the README test sets it (in the environment) to keep the
@@ -29,7 +30,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The default job reads Fashion-MNIST from Debian's package.
 DATA_DEPS := $(if $(and $(filter configs/default.yaml,$(CONFIG)),$(if $(DATA),,yes)),$(FASHION_MNIST))
 
-.PHONY: install data preview train evaluate export predict backbones search test test-slow test-faults bench lint clean
+.PHONY: install data preview train evaluate export predict backbones search lr-find test test-slow test-faults bench lint clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -58,6 +59,8 @@ backbones: install
 	$(call pipeline,backbones)
 search: install $(DATA_DEPS)
 	$(call pipeline,search)
+lr-find: install $(DATA_DEPS)
+	$(call pipeline,lr-find)
 
 test: install $(FASHION_MNIST)
 	$(PY) -m pytest -q

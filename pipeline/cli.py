@@ -20,7 +20,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.errors import ConfigError, UserError  # noqa: E402
 from pipeline.run import STAGES  # noqa: E402
 
-COMMANDS = (*STAGES, "all", "predict", "backbones", "search")
+COMMANDS = (*STAGES, "all", "predict", "backbones", "search", "lr-find")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -36,7 +36,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
               "[section.key=value ...]",
         description="Staged transfer learning: data -> preview -> train -> evaluate -> export. "
                     "Commands: 'all' runs every stage, skipping those that are fresh; 'search' "
-                    "tries random head hyperparameters on dev.")
+                    "tries random hyperparameters on dev, coarse to fine; 'lr-find' sweeps "
+                    "the head's learning rate.")
     parser.add_argument("words", nargs="*", metavar="command | section.key=value",
                         help=f"one command ({', '.join(COMMANDS)}) and any config overrides, "
                              "e.g. train.head_epochs=5, in any order")
@@ -114,6 +115,10 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         from pipeline.run import run_search
 
         run_search(config)
+    elif arguments.command == "lr-find":
+        from pipeline.run import run_lr_find
+
+        run_lr_find(config)
     else:
         from pipeline.run import run_stages
 

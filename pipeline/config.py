@@ -125,10 +125,12 @@ class TrainConfig:
         batch_size: examples per step in both phases.
         cached_views: augmented views of each training image whose features are cached (K).
         head_epochs: phase 1 epochs (head only, frozen base).
-        head_learning_rate: phase 1 Adam initial learning rate.
+        head_learning_rate: phase 1 Adam initial learning rate; "auto" takes the learning-rate
+            finder's suggestion (`pipeline.lr_find`, over `search.lr_find_range`).
         fine_tune_epochs: phase 2 epochs (top blocks unfrozen); 0 skips phase 2.
         fine_tune_learning_rate: phase 2 Adam initial learning rate.
         decay_rate: exponential learning-rate decay per epoch in both phases.
+        adam_beta_1, adam_beta_2: Adam's decay rates of its gradient mean and square.
         early_stopping_patience: epochs without improvement of the monitored dev metric
             before stopping; the best epoch's weights are kept.
         early_stopping_monitor: "val_loss" (dev cross-entropy, the smoother signal) or
@@ -154,10 +156,12 @@ class TrainConfig:
     batch_size: int = 64
     cached_views: int = 2
     head_epochs: int = 15
-    head_learning_rate: float = 1e-3
+    head_learning_rate: float | Literal["auto"] = 1e-3
     fine_tune_epochs: int = 3
     fine_tune_learning_rate: float = 1e-4
     decay_rate: float = 0.8
+    adam_beta_1: float = 0.9
+    adam_beta_2: float = 0.999
     early_stopping_patience: int = 3
     early_stopping_monitor: EarlyStoppingMonitor = "val_loss"
     class_weight: ClassWeight = "none"
@@ -210,24 +214,65 @@ class ExportConfig:
     formats: tuple[ExportFormat, ...] = ("keras", "litert")
 
 
+# A search range: [scale, low, high] for "log" (uniform in log(value)), "linear" and
+# "one_minus_log" (uniform in log(1 - value): Adam's betas, whose region near 1 matters), or
+# [choice, value, ...]. `pipeline.search.space` turns them into keras-tuner hyperparameters.
+SearchScale = Literal["log", "linear", "one_minus_log", "choice"]
+SearchPhases = Literal["auto", "head", "both"]
+# search range name -> the config key it sets
+SEARCHABLE = {
+    "head_learning_rate": "train.head_learning_rate",
+    "fine_tune_learning_rate": "train.fine_tune_learning_rate",
+    "l2": "model.l2", "dropout": "model.dropout",
+    "adam_beta_1": "train.adam_beta_1", "adam_beta_2": "train.adam_beta_2",
+    "decay_rate": "train.decay_rate", "batch_size": "train.batch_size",
+    "mixup_alpha": "train.mixup_alpha", "chain": "augment.chain",
+}
+# keys only phase 2 reads: searching one makes every trial train both phases
+PHASE_2_KEYS = ("fine_tune_learning_rate",)
+
+
 @dataclass(frozen=True)
 class SearchConfig:
-    """Random search of the head's hyperparameters (`python -m pipeline search`).
+    """Coarse-to-fine random search on dev (`python -m pipeline search`).
 
-    Each range is [low, high]; learning rate and L2 are drawn uniformly on a log scale (a
-    value between 1e-4 and 1e-3 is as likely as one between 1e-2 and 1e-1), dropout linearly.
+    Each range is [scale, low, high] or [choice, value, ...]: "log" draws uniformly on a log
+    scale (a value in 1e-4..1e-3 is as likely as one in 1e-2..1e-1), "one_minus_log" draws
+    1 - value on a log scale (beta 0.9..0.999 is 1 - beta 0.1..0.001), "linear" uniformly.
+    A trial is phase 1 alone on cached features, or both phases on cached activations when a
+    key that only phase 2 reads is searched (`phases`). Fine-tuning depth is not searchable
+    yet (there is no `train.fine_tune_from`), nor label smoothing (no `train.label_smoothing`).
 
     Attributes:
-        trials: how many random draws to train and compare on dev.
-        head_learning_rate: range of phase 1's Adam learning rate.
-        l2: range of the head's L2 penalty.
-        dropout: range of the head's dropout rate.
+        keys: which ranges below are searched; the others keep the config's values.
+        trials: random draws per round, each trained and compared on dev accuracy.
+        rounds: rounds of `trials`; each round after the first samples only around the best
+            trials so far (coarse to fine).
+        zoom: the next round's range is the span of the best trials widened by this fraction
+            of the last round's width (in the scale drawn on), inside the last round's range.
+        keep_best: how many of the best trials so far the next round zooms around.
+        phases: "auto" (both phases if a phase-2 key is searched), "head" or "both".
+        head_learning_rate, fine_tune_learning_rate, l2, dropout, adam_beta_1, adam_beta_2,
+            decay_rate, batch_size, mixup_alpha, chain: the range of the config key each sets
+            (`SEARCHABLE`), searched when named in `keys`.
     """
 
-    trials: int = 12
-    head_learning_rate: tuple[float, ...] = (1e-4, 1e-1)
-    l2: tuple[float, ...] = (1e-6, 1e-2)
-    dropout: tuple[float, ...] = (0.0, 0.5)
+    keys: tuple[str, ...] = ("head_learning_rate", "l2", "dropout")
+    trials: int = 8
+    rounds: int = 2
+    zoom: float = 0.3
+    keep_best: int = 3
+    phases: SearchPhases = "auto"
+    head_learning_rate: tuple[int | float | str, ...] = ("log", 1e-4, 1e-1)
+    fine_tune_learning_rate: tuple[int | float | str, ...] = ("log", 1e-5, 1e-3)
+    l2: tuple[int | float | str, ...] = ("log", 1e-6, 1e-2)
+    dropout: tuple[int | float | str, ...] = ("linear", 0.0, 0.5)
+    adam_beta_1: tuple[int | float | str, ...] = ("one_minus_log", 0.8, 0.99)
+    adam_beta_2: tuple[int | float | str, ...] = ("one_minus_log", 0.99, 0.9999)
+    decay_rate: tuple[int | float | str, ...] = ("linear", 0.5, 1.0)
+    batch_size: tuple[int | float | str, ...] = ("choice", 16, 32, 64, 128)
+    mixup_alpha: tuple[int | float | str, ...] = ("linear", 0.0, 0.5)
+    chain: tuple[int | float | str, ...] = ("choice", "none", "light", "standard")
 
 
 @dataclass(frozen=True)
@@ -252,10 +297,11 @@ class ExperimentConfig:
 SECTIONS = ("data", "augment", "model", "train", "evaluate", "export", "search")
 POSITIVE = {
     "data.image_size", "data.max_image_pixels", "train.batch_size", "train.cached_views",
-    "search.trials",
+    "search.trials", "search.rounds", "search.keep_best",
 }
 FRACTIONS = {"model.dropout", "train.decay_rate", "train.label_smoothing",
-             "evaluate.baseline_error", "evaluate.diagnosis_tolerance"}
+             "evaluate.baseline_error", "evaluate.diagnosis_tolerance", "train.adam_beta_1",
+             "train.adam_beta_2"}
 
 
 def choice_keys() -> dict[str, tuple[str, ...]]:
@@ -373,6 +419,8 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             raise _choice_error(key, value, typing.get_args(kind))
         return value
     if isinstance(kind, types.UnionType) or origin is typing.Union:
+        if float in typing.get_args(kind) and isinstance(value, str):
+            value = _float_or_text(value)  # "1e-4" again
         for option in typing.get_args(kind):
             if _matches(value, option):
                 return _coerce(key, value, option)
@@ -447,18 +495,11 @@ def _validate(config: ExperimentConfig) -> None:
     for section in SECTIONS:
         for name, value in dataclasses.asdict(getattr(config, section)).items():
             flat[f"{section}.{name}"] = value
-    for key in POSITIVE:
-        if not isinstance(flat[key], str) and flat[key] <= 0:
-            raise ConfigError(f"Config key '{key}' must be positive. Received: {flat[key]!r}.")
-    for key in FRACTIONS:
-        if not 0.0 <= flat[key] < 1.0 and not (key == "train.decay_rate" and flat[key] == 1.0):
-            raise ConfigError(f"Config key '{key}' must be in [0, 1). Received: {flat[key]!r}.")
     for key, value in flat.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
+        _check_value(key, value)
     _validate_ratios(config.data.split_ratios)
     _validate_formats(config.export.formats)
-    _validate_search_ranges(config.search)
+    _validate_search(config.search)
     _validate_names(config)
     _validate_run_name(config.name)
 
@@ -495,15 +536,82 @@ def _validate_formats(formats: tuple[str, ...]) -> None:
                           f"e.g. [keras, litert]. Received: {list(formats)!r}.")
 
 
-def _validate_search_ranges(search: SearchConfig) -> None:
-    log_scale = ("0 < low < high", lambda low, high: 0 < low < high)
-    rules = {"head_learning_rate": log_scale, "l2": log_scale,
-             "dropout": ("0 <= low < high < 1", lambda low, high: 0 <= low < high < 1)}
-    for name, (wanted, holds) in rules.items():
-        bounds = getattr(search, name)
-        if len(bounds) != 2 or not holds(*bounds):
-            raise ConfigError(f"Config key 'search.{name}' must be a range [low, high] with "
-                              f"{wanted}. Received: {list(bounds)!r}.")
+def _check_value(key: str, value: Any) -> None:
+    """The range rules of one scalar key: positive, a fraction, not negative."""
+    if isinstance(value, str) or isinstance(value, bool):
+        return
+    if key in POSITIVE and value <= 0:
+        raise ConfigError(f"Config key '{key}' must be positive. Received: {value!r}.")
+    if key in FRACTIONS and not 0.0 <= value < 1.0 and not (
+            key == "train.decay_rate" and value == 1.0):
+        raise ConfigError(f"Config key '{key}' must be in [0, 1). Received: {value!r}.")
+    if isinstance(value, (int, float)) and value < 0:
+        raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
+
+
+# scale -> (what a [scale, low, high] range needs, the test)
+RANGE_RULES = {"log": ("0 < low < high", lambda low, high: 0 < low < high),
+               "one_minus_log": ("0 <= low < high < 1", lambda low, high: 0 <= low < high < 1),
+               "linear": ("low < high", lambda low, high: low < high)}
+
+
+def _validate_search(search: SearchConfig) -> None:
+    """Searched keys exist, and every range (searched or not) holds values its key accepts."""
+    for name in search.keys:
+        if name not in SEARCHABLE:
+            raise ConfigError(f"Config key 'search.keys' names '{name}', which is not "
+                              f"searchable.{_close(name, SEARCHABLE)} Searchable: "
+                              f"{', '.join(SEARCHABLE)}.")
+    if not search.keys or len(set(search.keys)) != len(search.keys):
+        raise ConfigError(f"Config key 'search.keys' must list distinct searchable keys, e.g. "
+                          f"[head_learning_rate, l2]. Received: {list(search.keys)!r}.")
+    if not 0 < search.zoom <= 1:
+        raise ConfigError(f"Config key 'search.zoom' must be in (0, 1]. Received: "
+                          f"{search.zoom!r}.")
+    for name in SEARCHABLE:
+        _validate_range(name, getattr(search, name))
+
+
+def _validate_range(name: str, spec: tuple) -> None:
+    key, target = f"search.{name}", SEARCHABLE[name]
+    scales = typing.get_args(SearchScale)
+    how = (f"[scale, low, high] with scale {', '.join(scales[:-1])}, or [choice, value, ...], "
+           f"e.g. {key}=[log, 1.0e-4, 0.1]")
+    if not spec or spec[0] not in scales:
+        raise ConfigError(f"Config key '{key}' must be {how}. Received: {list(spec)!r}.")
+    scale, *values = spec
+    if scale == "choice":
+        if not values or len({repr(value) for value in values}) != len(values) or len(
+                {type(value) for value in values}) != 1:
+            raise ConfigError(f"Config key '{key}' must list distinct values of one type after "
+                              f"'choice'. Received: {list(spec)!r}.")
+    else:
+        wanted, holds = RANGE_RULES[scale]
+        if len(values) != 2 or not all(_matches(value, float) for value in values) or not holds(
+                *values):
+            raise ConfigError(f"Config key '{key}' must be [{scale}, low, high] with {wanted}. "
+                              f"Received: {list(spec)!r}.")
+    for value in values:  # every bound and choice is a value the key it sets must accept
+        _check_target(key, target, value)
+
+
+def _check_target(key: str, target: str, value: Any) -> None:
+    section, name = target.split(".")
+    kind = typing.get_type_hints(type(getattr(ExperimentConfig(), section)))[name]
+    try:
+        _check_value(target, _coerce(target, value, kind))
+        if target == "augment.chain":
+            from pipeline.augment import resolve_chain
+
+            resolve_chain(value)
+    except (ConfigError, ValueError) as error:
+        raise ConfigError(f"Config key '{key}' holds {value!r}, a value '{target}' refuses: "
+                          f"{error}") from None
+
+
+def _close(name: str, valid: Any) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def _validate_ratios(ratios: tuple[float, ...]) -> None:

@@ -112,11 +112,11 @@ STAGES: dict[str, Stage] = {
     "export": Stage(_export, lambda config: {**_sections("export")(config),
                                              "name": config.name}, after="evaluate"),
 }
-# Not `search.trials`: raising it resumes the same search.
+# Not `search.trials` or `search.rounds`: raising them resumes the same search.
 SEARCH = Stage(None, lambda config: {**_training_reads(config),
                                      "ranges": {key: value for key, value in
                                                 to_dict(config.search).items()
-                                                if key != "trials"}}, after="data")
+                                                if key not in ("trials", "rounds")}}, after="data")
 
 
 def stage_fingerprints(config: ExperimentConfig) -> dict[str, str]:
@@ -186,6 +186,17 @@ def run_search(config: ExperimentConfig) -> dict:
         fingerprints = stage_fingerprints(config)
         _require_upstream(config.run_dir, "search", SEARCH.after, fingerprints)
         return search_stage(config, config.run_dir, fingerprints["search"])
+
+
+def run_lr_find(config: ExperimentConfig) -> dict:
+    """The data stage (skipped when fresh), then the learning-rate finder (`pipeline.lr_find`)."""
+    from pipeline.lr_find import lr_find_stage
+
+    with run_folder_lock(config.run_dir):
+        run_stages(config, ("data",))
+        print("\n== lr-find ==")
+        _require_upstream(config.run_dir, "lr-find", "data", stage_fingerprints(config))
+        return lr_find_stage(config, config.run_dir)
 
 
 def _require_upstream(run_dir: Path, stage: str, needed: str | None,

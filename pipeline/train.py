@@ -99,6 +99,11 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         keep_activations=training.fine_tune_epochs > 0))
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
+    if training.head_learning_rate == "auto":
+        from pipeline.lr_find import resolve_head_learning_rate
+
+        training = resolve_head_learning_rate(training, model, train_cache.pooled, train_labels,
+                                              len(data.class_names))
 
     head = build_head(len(data.class_names), train_cache.pooled.shape[-1], model)
     started = time.perf_counter()
@@ -123,8 +128,8 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     with atomic_path(run_dir / "model.keras") as path:
         classifier.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "image_size": image_size, "extraction_engine": engine["engine"],
-              "extraction_precision": engine["precision"]}
+              "head_learning_rate": training.head_learning_rate, "image_size": image_size,
+              "extraction_engine": engine["engine"], "extraction_precision": engine["precision"]}
     write_json(run_dir / "train_history.json", result)
     shutil.rmtree(backup_dir, ignore_errors=True)  # done: nothing left to resume
     return result
@@ -367,11 +372,13 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
 def compile_model(model: keras.Model, *, learning_rate: float, steps_per_epoch: int,
                   config: TrainConfig, steps_per_execution: int = 1) -> None:
     """Compiles as both phases and the search train: Adam with exponential decay from
-    `learning_rate`, categorical cross-entropy on one-hot labels (smoothed by
-    `train.label_smoothing`), accuracy."""
+    `learning_rate` (Adam's betas from the config), categorical cross-entropy on one-hot
+    labels (smoothed by `train.label_smoothing`), accuracy."""
+    optimizer = adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate)
+    # read by Adam's update step, so setting them before the first step is enough
+    optimizer.beta_1, optimizer.beta_2 = config.adam_beta_1, config.adam_beta_2
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    model.compile(optimizer=adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate),
-                  loss=loss, metrics=["accuracy"],
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
 
 

@@ -1,0 +1,76 @@
+"""Learning-rate finder: an exponential sweep, a smoothed loss, the steepest fall suggested."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.lr_find import resolve_head_learning_rate, suggestions, sweep
+from tests.test_search import TINY
+
+
+def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
+    rates = np.geomspace(1e-6, 1.0, 300)
+    position = np.log10(rates)
+    # flat, a fall centred on 1e-3, a minimum at 1e-1, then divergence
+    loss = 2.0 - np.tanh(2 * (position + 3)) + np.where(position > -1, 30 * (position + 1) ** 2, 0)
+    found = suggestions(rates, loss)
+    assert found["suggested"] == pytest.approx(1e-3, rel=0.1)
+    minimum = rates[np.argmin(loss)]
+    assert found["minimum_over_10"] == pytest.approx(minimum / 10)
+    assert 0.5e-2 < found["minimum_over_10"] < 2e-2
+
+
+def separable(count: int = 512, classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % classes
+    features = rng.normal(0, 1, (1, count, 8)).astype("float32")
+    features[0, np.arange(count), labels] += 3.0
+    return features, labels
+
+
+def test_sweep_learns_then_stops_when_the_loss_diverges():
+    features, labels = separable()
+    config = load_config(None, ["train.batch_size=32", "model.dropout=0.0"])
+    result = sweep(features, labels, 4, config.model, config.train, steps=100, span=(1e-4, 1e3))
+    rates = np.array(result["learning_rates"])
+    np.testing.assert_allclose(rates[1:] / rates[:-1], 1e7 ** (1 / 99))
+    smoothed = np.array(result["smoothed"])
+    assert smoothed.min() < 0.5 * smoothed[0]  # it learned
+    assert rates[0] < result["suggested"] < rates[np.argmin(smoothed)]
+    assert result["minimum_over_10"] == pytest.approx(rates[np.argmin(smoothed)] / 10)
+    # a rate that diverges ends the sweep early; a sweep that stays small runs every step
+    assert len(rates) < 100 and smoothed[-1] > 4 * smoothed.min()
+    calm = sweep(features, labels, 4, config.model, config.train, steps=100, span=(1e-6, 1e-4))
+    assert len(calm["losses"]) == 100
+
+
+def test_auto_takes_the_suggestion(monkeypatch):
+    features, labels = separable()
+    seen = {}
+
+    def fake_sweep(features, labels, num_classes, model, training):
+        seen.update(shape=features.shape, num_classes=num_classes, batch=training.batch_size)
+        return {"suggested": 0.0123}
+    monkeypatch.setattr("pipeline.lr_find.sweep", fake_sweep)
+    config = load_config(None, ["train.head_learning_rate=auto", "train.batch_size=32"])
+    resolved = resolve_head_learning_rate(config.train, config.model, features, labels, 4)
+    assert resolved.head_learning_rate == 0.0123 and resolved.batch_size == 32
+    assert seen == {"shape": (1, 512, 8), "num_classes": 4, "batch": 32}
+
+
+@pytest.mark.slow
+def test_lr_find_command_writes_the_plot_and_the_sweep(tmp_path, capsys):
+    from tests.test_fashion_mnist import make_fake_fashion
+
+    (tmp_path / "idx").mkdir()
+    make_fake_fashion(tmp_path / "idx", train=80, test=20)
+    assert main(["lr-find", *TINY, f"data.path={tmp_path / 'idx'}",
+                 f"runs_dir={tmp_path / 'runs'}"]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    result = json.loads((run_dir / "lr_find.json").read_text())
+    assert (run_dir / "lr_find.png").read_bytes().startswith(b"\x89PNG")
+    assert f"Suggested train.head_learning_rate: {result['suggested']:.3g}" in (
+        capsys.readouterr().out)
