@@ -56,59 +56,63 @@ def load_demo_model(model_dir: Path) -> Classify:
     return classify
 
 
+class _DemoHandler(BaseHTTPRequestHandler):
+    """The page at `/`, and `POST /classify`: the body is an image file's bytes, the answer
+    {"predictions": [...]} or {"error": "..."} as JSON."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.split("?")[0] != "/":
+            self._send(HTTPStatus.NOT_FOUND, b"Not found", "text/plain")
+            return
+        self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/classify":
+            self._send(HTTPStatus.NOT_FOUND, b"Not found", "text/plain")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= MAX_UPLOAD_BYTES:
+            status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length else HTTPStatus.BAD_REQUEST
+            self._json(status, {"error": f"the file is {length:,} bytes; the demo takes 1 byte "
+                                         f"to {MAX_UPLOAD_BYTES / 1e6:.0f} MB"})
+            return
+        try:
+            answer = {"predictions": self.server.classify(self.rfile.read(length))}
+        except ImageDecodeError as error:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            return
+        self._json(HTTPStatus.OK, answer)
+
+    def _json(self, status: HTTPStatus, answer: dict) -> None:
+        self._send(status, json.dumps(answer).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        pass  # one line per request would bury the address printed at the start
+
+
 def make_server(classify: Classify, title: str, *, port: int = 8000) -> ThreadingHTTPServer:
     """An HTTP server on 127.0.0.1:`port` (0 picks a free port) serving the page at `/` and
-    answering `POST /classify` (the body is the image file's bytes) with JSON.
+    answering `POST /classify` with `classify`'s top classes, as JSON.
 
     Raises:
         UnavailableError: the port is taken.
     """
-    page = _PAGE.replace("{title}", html.escape(title)).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path.split("?")[0] != "/":
-                self._send(HTTPStatus.NOT_FOUND, b"Not found", "text/plain")
-                return
-            self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/classify":
-                self._send(HTTPStatus.NOT_FOUND, b"Not found", "text/plain")
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if not 0 < length <= MAX_UPLOAD_BYTES:
-                self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > 0 else
-                           HTTPStatus.BAD_REQUEST, {"error": (
-                               f"the file is {length:,} bytes; the demo takes 1 byte to "
-                               f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")})
-                return
-            try:
-                answer = {"predictions": classify(self.rfile.read(length))}
-            except ImageDecodeError as error:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-                return
-            self._json(HTTPStatus.OK, answer)
-
-        def _json(self, status: HTTPStatus, answer: dict) -> None:
-            self._send(status, json.dumps(answer).encode(), "application/json")
-
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002
-            pass  # one line per request would bury the address printed at the start
-
     try:
-        return ThreadingHTTPServer((HOST, port), Handler)
+        server = ThreadingHTTPServer((HOST, port), _DemoHandler)
     except OSError as error:
         raise UnavailableError(f"Cannot serve the demo on {HOST}:{port} ({error.strerror}). "
                                f"Pick another port: make demo PORT=8001.") from None
+    server.classify = classify
+    server.page = _PAGE.replace("{title}", html.escape(title)).encode()
+    return server
 
 
 def serve_demo(model_dir: Path, *, port: int = 8000) -> None:
