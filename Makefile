@@ -3,6 +3,8 @@
 #   make train DATA=~/photos          your own folder: one sub-folder per class
 #   make train CONFIG=configs/flowers.yaml   tfds + ResNet50 ImageNet (needs a network)
 #   make train ARGS="train.head_epochs=5"    any config override, any target
+#   make predict IMAGES=new/          classify files or folders with the exported model
+#   make demo MODEL=models/<run>      a local web page that classifies a dropped photo
 #   make search                       coarse-to-fine random search of hyperparameters on dev
 #   make lr-find                      learning-rate finder: the head's loss against its rate
 #   make test                         the test suite CI runs
@@ -30,7 +32,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The default job reads Fashion-MNIST from Debian's package.
 DATA_DEPS := $(if $(and $(filter configs/default.yaml,$(CONFIG)),$(if $(DATA),,yes)),$(FASHION_MNIST))
 
-.PHONY: install data preview train evaluate export predict backbones search lr-find test test-slow test-faults bench lint clean
+.PHONY: install data preview train evaluate export predict demo backbones search lr-find test test-slow test-faults bench lint clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -53,8 +55,13 @@ evaluate: install
 	$(call pipeline,evaluate)
 export: install
 	$(call pipeline,export)
+# MODEL= names an export (default: models/<run name>); IMAGES= a file or folder; more paths and
+# options (--top-k 5 --format json) go in ARGS.
+MODEL_ARG = $(if $(MODEL),--model "$(MODEL)")
 predict: install
-	$(call pipeline,predict) --images "$(IMAGES)"
+	$(call pipeline,predict) $(MODEL_ARG) $(if $(IMAGES),--images "$(IMAGES)")
+demo: install
+	$(call pipeline,demo) $(MODEL_ARG) $(if $(PORT),--port $(PORT))
 backbones: install
 	$(call pipeline,backbones)
 search: install $(DATA_DEPS)

@@ -20,20 +20,23 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.errors import ConfigError, UserError  # noqa: E402
 from pipeline.run import STAGES  # noqa: E402
 
-COMMANDS = (*STAGES, "all", "predict", "backbones", "search", "lr-find")
+COMMANDS = (*STAGES, "all", "predict", "demo", "backbones", "search", "lr-find")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     """Parses `<stage> [--options] [section.key=value ...]` in any order.
 
-    The stage is the one word without "="; every word with "=" is a config override, so
+    The stage is the first word without "="; every word with "=" is a config override, so
     `python -m pipeline --config X train.head_epochs=5 train` and
-    `python -m pipeline train --config X train.head_epochs=5` mean the same.
+    `python -m pipeline train --config X train.head_epochs=5` mean the same. After `predict`,
+    the other words without "=" are the image files and folders to classify.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         usage=f"python -m pipeline {{{','.join(COMMANDS)}}} [--config FILE] [--force] "
-              "[section.key=value ...]",
+              "[section.key=value ...]\n       python -m pipeline predict --model models/<run> "
+              "[--top-k K] [--format table|json|csv] PATH ...\n"
+              "       python -m pipeline demo --model models/<run> [--port PORT]",
         description="Staged transfer learning: data -> preview -> train -> evaluate -> export. "
                     "Commands: 'all' runs every stage, skipping those that are fresh; 'search' "
                     "tries random hyperparameters on dev, coarse to fine; 'lr-find' sweeps "
@@ -43,12 +46,22 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "e.g. train.head_epochs=5, in any order")
     parser.add_argument("--config", default="configs/default.yaml", help="YAML experiment file")
     parser.add_argument("--force", action="store_true", help="rerun stages even if fresh")
-    parser.add_argument("--images", help="predict: an image file or a folder of images")
-    parser.add_argument("--model", help="predict: an exported model folder (default: "
+    parser.add_argument("--images", action="append", default=[],
+                        help="predict: an image file or a folder of images (as a PATH word)")
+    parser.add_argument("--model", help="predict, demo: an exported model folder (default: "
                                         "<models_dir>/<run name>)")
+    parser.add_argument("--top-k", type=int, default=3,
+                        help="predict: how many classes to list per image (default 3)")
+    parser.add_argument("--format", default="table",
+                        help="predict: table, json or csv, on standard output (default table)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="demo: the port on 127.0.0.1 (default 8000; 0 picks a free one)")
     arguments = parser.parse_intermixed_args(argv)
     commands = [word for word in arguments.words if "=" not in word]
     arguments.overrides = [word for word in arguments.words if "=" in word]
+    arguments.paths = [*commands[1:], *arguments.images] if commands[:1] == ["predict"] else []
+    if commands[:1] == ["predict"]:
+        commands = commands[:1]
     if len(commands) != 1 or commands[0] not in COMMANDS:
         received = " ".join(commands) or "none"
         parser.error(f"expected one command among {', '.join(COMMANDS)}, and overrides as "
@@ -106,11 +119,15 @@ def _dispatch(arguments: argparse.Namespace) -> int:
     elif arguments.command == "predict":
         from pipeline.predict import predict_command
 
-        if not arguments.images:
-            raise ConfigError("predict needs --images PATH (a file or a folder), "
-                              "e.g. make predict IMAGES=photos/")
-        predict_command(Path(arguments.model or Path(config.export.models_dir) / config.name),
-                        Path(arguments.images))
+        if not arguments.paths:
+            raise ConfigError("predict needs image files or folders: python -m pipeline predict "
+                              "--model models/<run> PATH ..., e.g. make predict IMAGES=photos/")
+        predict_command(_model_path(arguments, config), [Path(path) for path in arguments.paths],
+                        top_k=arguments.top_k, output_format=arguments.format)
+    elif arguments.command == "demo":
+        from pipeline.demo import serve_demo
+
+        serve_demo(_model_path(arguments, config), port=arguments.port)
     elif arguments.command == "search":
         from pipeline.run import run_search
 
@@ -125,3 +142,8 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         stages = tuple(STAGES) if arguments.command == "all" else (arguments.command,)
         run_stages(config, stages, force=arguments.force)
     return 0
+
+
+def _model_path(arguments: argparse.Namespace, config) -> Path:
+    """--model, or the export of the config's run (`<models_dir>/<name>`)."""
+    return Path(arguments.model or Path(config.export.models_dir) / config.name)

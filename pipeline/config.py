@@ -103,9 +103,15 @@ class ModelConfig:
 
     Attributes:
         backbone: a name from `pipeline.backbones.list_backbones()`.
-        weights: "imagenet", "none", or a path to a local `.weights.h5` file.
+        weights: "imagenet", "none", a path to a local `.weights.h5` file, or an exported
+            model to continue from: `models/<run>` (an export folder) or a `.keras` file. Its
+            fine-tuned base becomes this run's backbone, with its input size and preprocessing,
+            phase 2 fine-tunes from the same block, and a new head learns this run's classes;
+            `backbone` must name its base (the error says which). Loaded in Keras' safe mode: a
+            file holding code (a Lambda layer) is refused.
         image_size: model input size; 0 takes the backbone's default, "auto" the size the data
-            stage stored the images at (`data.image_size`, which may itself be "auto").
+            stage stored the images at (`data.image_size`, which may itself be "auto"); both
+            take an exported model's own size when `weights` continues from one.
         dropout: dropout rate before the new softmax layer.
         l2: L2 weight penalty on the new softmax layer's kernel.
     """
@@ -502,6 +508,7 @@ def _validate(config: ExperimentConfig) -> None:
     _validate_search(config.search)
     _validate_names(config)
     _validate_run_name(config.name)
+    _validate_continued_model(config)
 
 
 def _validate_run_name(name: str) -> None:
@@ -526,6 +533,23 @@ def _validate_names(config: ExperimentConfig) -> None:
         get_backbone_spec(config.model.backbone)
     except ValueError as error:
         raise ConfigError(f"Config key 'model.backbone': {error}") from None
+
+
+def _validate_continued_model(config: ExperimentConfig) -> None:
+    """A run continuing from an exported model is checked against it now (when it exists), and
+    may not continue from its own export, which the export stage would replace."""
+    from pipeline.backbones import check_exported_base, exported_model_file
+
+    path = exported_model_file(config.model.weights)
+    if path is None:
+        return
+    own = Path(config.export.models_dir) / config.name / "model.keras"
+    if path.expanduser().resolve() == own.resolve():
+        raise ConfigError(f"Config key 'model.weights' names this run's own export ({own}), "
+                          f"which its export stage would replace. Give the new run another "
+                          f"name, e.g. name={config.name}_continued.")
+    if path.is_file():
+        check_exported_base(path, config.model.backbone, config.model.image_size)
 
 
 def _validate_formats(formats: tuple[str, ...]) -> None:

@@ -94,11 +94,13 @@ def _sections(*names: str) -> Callable[[ExperimentConfig], dict]:
 
 
 def _training_reads(config: ExperimentConfig) -> dict:
-    """Training's sections, and the content of a local weights file: a file replaced under the
-    same path must retrain."""
+    """Training's sections, and the content of a local weights file or exported model that
+    training starts from: a file replaced under the same path must retrain."""
+    from pipeline.backbones import weights_file
+
     reads = _sections("augment", "model", "train")(config)
-    weights = Path(config.model.weights).expanduser()
-    if config.model.weights.lower() not in ("imagenet", "none") and weights.is_file():
+    weights = weights_file(config.model.weights)
+    if weights is not None:
         reads["weights_file"] = file_digest(weights)
     return reads
 

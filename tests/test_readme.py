@@ -31,6 +31,8 @@ NOT_RUN = {
     "make test-slow": "the slow suite, its own target: real training on full datasets",
     "make test-faults": "the fault-injection suite, its own target (CI runs it after make test)",
     "make bench": "benchmarks of several minutes, their own target",
+    "make demo MODEL=models/photos": "a server that runs until Ctrl+C; tests/test_demo.py runs "
+                                     "its page in headless Chromium",
 }
 NETWORK = "needs a network"
 TEST_ARGS = " ".join([
@@ -106,11 +108,12 @@ def test_readme_command_runs_as_written(sandbox, line):
 def check_outputs(command: str, sandbox: dict, stdout: str) -> None:
     """What each kind of command must have produced, beyond a zero exit status."""
     project = sandbox["project"]
-    name = "photos" if "DATA=~/photos" in command else "default"
+    named = re.search(r"\bname=(\w+)", command)
+    name = named.group(1) if named else "photos" if "DATA=~/photos" in command else "default"
     if command.startswith("make train"):
         assert (project / "runs" / name / "metrics.json").is_file()
         assert (project / "models" / name / "model.keras").is_file()
-        assert f"Exported model: models/{name}" in stdout
+        assert f"Exported model: models/{name}\n" in stdout
     if command.startswith("make predict"):
         classified = [line for line in stdout.splitlines() if line.startswith("new/")]
         assert len(classified) == len(list((project / "new").iterdir())), stdout

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import keras
 from pipeline.backbones.layers import ImagePreprocessing
 from pipeline.backbones.lite0 import efficientnet_lite0
 from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError, MissingInputError, UnavailableError
+from pipeline.errors import ConfigError, DataError, MissingInputError, UnavailableError
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,11 @@ def describe_backbones() -> list[str]:
 
 def model_image_size(model: ModelConfig, stored_size: int) -> int:
     """The model's input side: `model.image_size`; for "auto", the size the data stage stored
-    the images at (`stored_size`); for 0, the backbone spec's default."""
+    the images at (`stored_size`); for 0, the backbone spec's default. When `model.weights`
+    continues from an exported model, "auto" and 0 take that model's input size."""
+    exported = exported_model_file(model.weights)
+    if exported is not None and model.image_size in ("auto", 0):
+        return describe_exported_base(exported).image_size
     if model.image_size == "auto":
         return stored_size
     return model.image_size or get_backbone_spec(model.backbone).default_image_size
@@ -203,15 +209,21 @@ def create_backbone(name: str, *, weights: str | PathLike | None = "imagenet",
     Args:
         name: a name from `list_backbones()`.
         weights: "imagenet" (downloaded by Keras; offline for "efficientnet_lite0"),
-            None or "none" (random), or the path of a local weights file (`.weights.h5`).
-        image_size: square input size; None takes the spec's default.
+            None or "none" (random), the path of a local weights file (`.weights.h5`), or an
+            exported model to continue from: its folder (`models/<run>`) or a `.keras` file.
+            That model's base is returned as it was fine-tuned: weights, input size and
+            preprocessing (its first layer) carried over; its head is left behind.
+        image_size: square input size; None takes the spec's default (an exported model's:
+            its own).
 
     Returns:
         A flat functional model named f"{name}_base": input (image_size, image_size, 3)
         float32 pixels, first layer "preprocessing", output the backbone's 4D feature map.
 
     Raises:
-        ConfigError: for an unknown name or an image size outside the spec's range.
+        ConfigError: for an unknown name or an image size outside the spec's range, or an
+            exported model whose base is another backbone or takes another size.
+        DataError: an exported model holding code (a Lambda layer), or not from this pipeline.
         MissingInputError: if `weights` is a path that does not exist.
         UnavailableError: if the ImageNet weights cannot be downloaded.
 
@@ -221,6 +233,9 @@ def create_backbone(name: str, *, weights: str | PathLike | None = "imagenet",
         (None, 7, 7, 1280)
     """
     spec = get_backbone_spec(name)
+    exported = exported_model_file(weights)
+    if exported is not None:
+        return _exported_base(exported, spec, image_size)
     size = _checked_image_size(spec, image_size)
     source = _weights_source(weights)
     pixels = keras.Input((size, size, 3), dtype="float32", name="pixels")
@@ -230,6 +245,137 @@ def create_backbone(name: str, *, weights: str | PathLike | None = "imagenet",
     _renumber_generated_names(base)
     if isinstance(source, Path):
         base.load_weights(source)
+    return base
+
+
+@dataclass(frozen=True)
+class ExportedBase:
+    """What an exported model's file says about its base, read without loading it.
+
+    Attributes:
+        path: the `.keras` file.
+        backbone: the registry name of its base.
+        image_size: its input side.
+    """
+
+    path: Path
+    backbone: str
+    image_size: int
+
+
+def exported_model_file(weights: str | PathLike | None) -> Path | None:
+    """The `.keras` file that `model.weights` continues from, or None when it names no exported
+    model ("imagenet", "none", a `.weights.h5` file).
+
+    `models/<run>` (a folder) means its `model.keras`; a path ending in `.keras` the file
+    itself. Neither needs to exist yet: loading it says so.
+    """
+    if weights is None or str(weights).lower() in ("imagenet", "none"):
+        return None
+    path = Path(weights).expanduser()
+    if path.suffix == ".keras":
+        return path
+    if path.is_dir():
+        return path / "model.keras"
+    return None
+
+
+def weights_file(weights: str | PathLike | None) -> Path | None:
+    """The local file the pretrained weights are read from (a `.weights.h5` or an exported
+    model's `.keras`), if any and if it exists: the train stage's fingerprint holds its
+    content, so a file replaced under the same name retrains."""
+    if weights is None or str(weights).lower() in ("imagenet", "none"):
+        return None
+    path = exported_model_file(weights) or Path(weights).expanduser()
+    return path if path.is_file() else None
+
+
+def describe_exported_base(path: Path) -> ExportedBase:
+    """Reads an exported model's backbone and input size from its config (no weights loaded,
+    no code run).
+
+    Raises:
+        MissingInputError: no such file.
+        DataError: not a Keras model file, not a classifier exported by this pipeline, or one
+            holding code (a Lambda layer; refused as Keras' safe mode refuses it).
+    """
+    config = _exported_config(path)
+    if "Lambda" in _layer_classes(config):
+        raise _code_refused(path)
+    layers = config.get("config", {}).get("layers", [])
+    bases = [layer["name"] for layer in layers if str(layer.get("name")).endswith("_base")]
+    inputs = [layer["config"].get("batch_shape") for layer in layers
+              if layer.get("class_name") == "InputLayer"]
+    backbone = bases[0].removesuffix("_base") if len(bases) == 1 else None
+    if backbone not in BACKBONES or len(inputs) != 1 or not inputs[0]:
+        raise DataError(f"Config key 'model.weights': '{path}' is not a classifier exported by "
+                        f"this pipeline (no '<backbone>_base' inside it). Continue from an "
+                        f"export folder (models/<run>) or its model.keras.")
+    return ExportedBase(path, backbone, int(inputs[0][1]))
+
+
+def _exported_config(path: Path) -> dict:
+    if not path.is_file():
+        raise MissingInputError(f"Config key 'model.weights': no exported model at '{path}'. "
+                                f"Name an export folder (models/<run>, made by make train or "
+                                f"make export) or a .keras file.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as error:
+        raise DataError(f"Config key 'model.weights': '{path}' is not a Keras model file "
+                        f"({error}).") from None
+
+
+def _layer_classes(node) -> set[str]:
+    """The class names of every layer in a Keras config, nested models included."""
+    if isinstance(node, list):
+        return set().union(*map(_layer_classes, node))
+    if not isinstance(node, dict):
+        return set()
+    found = {node["class_name"]} if isinstance(node.get("class_name"), str) else set()
+    return found.union(*(_layer_classes(value) for value in node.values()))
+
+
+def _code_refused(path: Path) -> DataError:
+    return DataError(f"Config key 'model.weights': '{path}' holds a layer with code (a Lambda "
+                     f"layer); loading it would run that code, so it is refused (Keras safe "
+                     f"mode). Continue from a model this pipeline exported, which carries no "
+                     f"code.")
+
+
+def check_exported_base(path: Path, backbone: str, image_size: int | str | None) -> ExportedBase:
+    """Checks that the exported model at `path` can be the base of a run with this
+    `model.backbone` and `model.image_size` (None, 0 and "auto" take the model's own size).
+
+    Raises:
+        ConfigError: its base is another backbone, or takes another size (naming the fix).
+        DataError, MissingInputError: as `describe_exported_base`.
+    """
+    exported = describe_exported_base(path)
+    if exported.backbone != backbone:
+        raise ConfigError(f"Config key 'model.weights': the base of '{path}' is "
+                          f"'{exported.backbone}', not model.backbone '{backbone}'. Set "
+                          f"model.backbone={exported.backbone}.")
+    if image_size not in (None, 0, "auto", exported.image_size):
+        raise ConfigError(f"Config key 'model.weights': '{path}' takes {exported.image_size} px "
+                          f"images, not model.image_size {image_size}. Set model.image_size=auto "
+                          f"(or {exported.image_size}) to continue from it.")
+    return exported
+
+
+def _exported_base(path: Path, spec: BackboneSpec, image_size: int | None) -> keras.Model:
+    """The fine-tuned base of an exported classifier, loaded in Keras' safe mode."""
+    from pipeline.model import load_classifier
+
+    check_exported_base(path, spec.name, image_size)
+    try:
+        classifier = load_classifier(path)
+    except DataError:
+        raise _code_refused(path) from None
+    base = classifier.get_layer(f"{spec.name}_base")
+    print(f"Continuing from {path}: its fine-tuned {spec.name} base ({base.input_shape[1]} px) "
+          f"is the backbone; the new head learns this run's classes.")
     return base
 
 
@@ -253,8 +399,9 @@ def _weights_source(weights: str | PathLike | None) -> str | Path | None:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise MissingInputError(
-            f"Weights file not found: {path}. Expected 'imagenet', None/'none' or an existing "
-            "local weights file (e.g. saved with `base.save_weights('base.weights.h5')`)."
+            f"Weights file not found: {path}. Expected 'imagenet', None/'none', an existing "
+            "local weights file (e.g. saved with `base.save_weights('base.weights.h5')`), or "
+            "an exported model to continue from (models/<run> or a .keras file)."
         )
     return path
 

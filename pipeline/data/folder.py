@@ -889,7 +889,7 @@ def _checked_split_folder(root: Path, split: str, value: str, received: str) -> 
         present = sorted(
             entry.name
             for entry in root.iterdir()
-            if entry.is_dir() and _hidden_reason(entry.name) is None
+            if entry.is_dir() and hidden_reason(entry.name) is None
         )
         raise DataError(
             f"Split folder '{value}' (split_folders['{split}']) is not a folder in '{root}'. "
@@ -940,9 +940,9 @@ def _list_folder(
 def _entry_kind(path: Path, skip_log: _SkipLog) -> str | None:
     """Says whether a folder entry is a "folder" or "file" to use; logs and returns None
     for hidden entries, broken links and special files."""
-    hidden_reason = _hidden_reason(path.name)
-    if hidden_reason is not None:
-        skip_log.add(path, hidden_reason, "hidden")
+    reason = hidden_reason(path.name)
+    if reason is not None:
+        skip_log.add(path, reason, "hidden")
         return None
     try:
         mode = os.stat(path).st_mode  # follows symlinks
@@ -957,7 +957,40 @@ def _entry_kind(path: Path, skip_log: _SkipLog) -> str | None:
     return None
 
 
-def _hidden_reason(name: str) -> str | None:
+def list_image_files(root: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """Every file at any depth under `root` that the scan would take as an image
+    (`is_image_candidate`), sorted, and the links it could not follow. Folders are listed as
+    the scan lists them: symlinks followed, each folder once, hidden and system entries left
+    out. `predict` finds its files with this."""
+    skip_log = _SkipLog("skip")
+    lister = _FolderLister(skip_log)
+    pending, files = [root], []
+    while pending:
+        folders, found = lister.contents(pending.pop())
+        pending += folders
+        files += [path for path in found if is_image_candidate(path)]
+    return sorted(files), [entry for entry in skip_log.entries if entry.kind == "link"]
+
+
+def is_image_candidate(path: Path) -> bool:
+    """Whether a file found in a folder is taken as an image, as the scan takes it: a name that
+    is not hidden or system metadata, and image content (by magic bytes, supported or not) or
+    an image extension (supported or not). Everything else (`notes.txt`) is passed over.
+    `predict` finds its files with this rule too. A file that cannot be read counts as a
+    candidate, so that reading it reports why."""
+    if hidden_reason(path.name) is not None:
+        return False
+    extension = path.suffix.lower()
+    if extension in IMAGE_EXTENSIONS or extension in UNSUPPORTED_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as file:
+            return sniff_format_bytes(file.read(32)) is not None
+    except OSError:
+        return True
+
+
+def hidden_reason(name: str) -> str | None:
     """Why a file or folder name is hidden or system metadata, or None if it is not."""
     if name.lower() in _SYSTEM_FILE_REASONS:
         return _SYSTEM_FILE_REASONS[name.lower()]
