@@ -46,4 +46,11 @@ def _throughput_images():
             rng.integers(0, 5, 640))
 
 
-SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features}
+def _export() -> dict:
+    from bench.bench_export import bench_export
+
+    return bench_export()
+
+
+SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
+          "export": _export}
