@@ -160,41 +160,50 @@ def test_a_model_that_predicts_differently_aborts_the_export_and_keeps_the_old_o
     assert (target / "model.keras").read_text() == "the previous export"
 
 
+@pytest.fixture
+def written(tmp_path):
+    """An export folder whose model files are placeholders (only their sizes are read)."""
+    for name in ("model_int8.tflite", "model.onnx", "saved_model/saved_model.pb"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"model")
+    return tmp_path
+
+
 def _checks(**probabilities):
     timing = {"latency_ms": 1.0, "images_per_second": 1.0}
     return {"probabilities": probabilities, "checks": {name: timing for name in probabilities},
             "imported_pipeline": False}
 
 
-def test_int8_more_than_a_point_below_float32_fails_naming_the_file(tmp_path):
+def test_int8_more_than_a_point_below_float32_fails_naming_the_file(written):
     labels = np.arange(200) % 2
     expected = np.eye(2)[labels]  # the trained model is always right
     worse = expected.copy()
     worse[:3] = worse[:3, ::-1]  # 1.5 points worse
     with pytest.raises(ExportCheckError, match="model_int8.tflite reaches test accuracy 0.9850"):
-        judge(_checks(litert_int8=worse), expected, labels, tmp_path)
+        judge(_checks(litert_int8=worse), expected, labels, written)
     one_point = expected.copy()
     one_point[:2] = one_point[:2, ::-1]
-    assert judge(_checks(litert_int8=one_point), expected, labels, tmp_path)["checks"][
+    assert judge(_checks(litert_int8=one_point), expected, labels, written)["checks"][
         "litert_int8"]["test_accuracy"] == 0.99
 
 
-def test_a_float_model_must_agree_on_999_in_1000(tmp_path):
+def test_a_float_model_must_agree_on_999_in_1000(written):
     labels = np.arange(2000) % 2
     expected = np.eye(2)[labels]
     two_wrong = expected.copy()
     two_wrong[:2] = two_wrong[:2, ::-1]
     three_wrong = expected.copy()
     three_wrong[:3] = three_wrong[:3, ::-1]
-    assert judge(_checks(onnx=two_wrong), expected, labels, tmp_path)["checks"]["onnx"][
+    assert judge(_checks(onnx=two_wrong), expected, labels, written)["checks"]["onnx"][
         "top1_agreement"] == 0.999
     with pytest.raises(ExportCheckError, match="model.onnx"):
-        judge(_checks(onnx=three_wrong), expected, labels, tmp_path)
+        judge(_checks(onnx=three_wrong), expected, labels, written)
     with pytest.raises(ExportCheckError, match="saved_model_pixels"):  # exact for pixels
-        judge(_checks(saved_model_pixels=two_wrong), expected, labels, tmp_path)
+        judge(_checks(saved_model_pixels=two_wrong), expected, labels, written)
     with pytest.raises(ExportCheckError, match="imported `pipeline`"):
         judge({**_checks(onnx=expected), "imported_pipeline": True}, expected, labels,
-              tmp_path)
+              written)
 
 
 def test_litert_export_without_the_runtime_is_a_clear_error_before_writing(run_dir, test_split,
