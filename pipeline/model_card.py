@@ -54,13 +54,12 @@ print(labels[probabilities.argmax()], probabilities.max())''',
 }
 LIMITS = """\
 - Photos are decoded inside `saved_model/` by TensorFlow's decoders, where training used
-  Pillow: JPEGs with the same accurate integer DCT, PNG transparency composited on white as
-  in training, and the resizes reproduce Pillow's and OpenCV's arithmetic bit for bit (but
-  Pillow 13 resizes some portrait photos vertical pass first: within one grey level). What
-  differs: EXIF orientation is *not* applied (rotate such photos upright before sending
-  them; training saw them upright); CMYK JPEGs are refused by TensorFlow (convert to RGB);
-  GIF transparency is not composited on white; BMPs other than uncompressed 24/32-bit are
-  refused; 16-bit PNGs are reduced to 8 bits by libpng, not by keeping the high byte.
+  Pillow: JPEGs (CMYK ones too) with the same accurate integer DCT, PNGs with transparency
+  composited on white and 16-bit PNGs reduced to their high byte, as in training; the resizes
+  reproduce Pillow's and OpenCV's arithmetic bit for bit (but Pillow 13 resizes some portrait
+  photos vertical pass first: within one grey level). What differs: EXIF orientation is *not*
+  applied (send photos upright; training saw them upright); GIF transparency is not
+  composited on white; BMPs other than uncompressed 24/32-bit are refused.
 - `model*.tflite`, `model.onnx` and `model.keras` take pixels already resized to the input
   size; the snippets use Pillow's `ImageOps.fit` (one resize), close to but not exactly the
   two resizes of evaluation (`preprocessing.json`). For identical results send pixels or

@@ -70,7 +70,7 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
     """One encoded image (scalar string) -> uint8 (height, width, 3) RGB, as Pillow decodes it.
 
     Left to TensorFlow's decoders, with the differences the model card lists: EXIF
-    orientation is not applied, CMYK JPEGs are refused, GIF transparency is not composited.
+    orientation is not applied, GIF transparency is not composited on white.
     """
     def jpeg():
         return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")

@@ -105,6 +105,25 @@ def test_graph_square_resize_is_pillows_bit_for_bit(shape):
     np.testing.assert_array_equal(graph, resize_square(image, 40))
 
 
+@pytest.mark.parametrize("kind", ["cmyk_jpeg", "rgba_png", "gray16_png", "palette_png"])
+def test_graph_decodes_the_awkward_files_as_training_does(kind):
+    from pipeline.serving import decode_image
+
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (16, 12, 4), dtype=np.uint8)
+    image, image_format = {
+        "cmyk_jpeg": (Image.fromarray(rgba[..., :3]).convert("CMYK"), "JPEG"),
+        "rgba_png": (Image.fromarray(rgba, "RGBA"), "PNG"),
+        "gray16_png": (Image.fromarray(rng.integers(0, 65536, (16, 12)).astype(np.uint16)),
+                       "PNG"),
+        "palette_png": (Image.fromarray(rgba[..., :3]).convert("P"), "PNG"),
+    }[kind]
+    buffer = io.BytesIO()
+    image.save(buffer, image_format)
+    graph = decode_image(tf.constant(buffer.getvalue())).numpy()
+    np.testing.assert_array_equal(graph, decode_image_bytes(buffer.getvalue()))
+
+
 @pytest.mark.parametrize(("stored", "size"), [(28, 96), (40, 32), (33, 97), (50, 50)])
 def test_graph_eval_resize_is_the_eval_transforms_bit_for_bit(stored, size):
     from pipeline.serving import eval_resize, eval_resize_weights
