@@ -14,6 +14,7 @@ writes `probabilities.npz` (one array per check) and `timings.json`.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -116,7 +117,8 @@ def _litert(path: Path) -> Callable:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # TensorFlow's own copy of the same runtime
         from tensorflow.lite.python.interpreter import Interpreter
-    interpreter = Interpreter(model_path=str(path))
+    interpreter = Interpreter(model_path=str(path), num_threads=len(os.sched_getaffinity(0))
+                              if hasattr(os, "sched_getaffinity") else os.cpu_count())
     (source,), (target,) = interpreter.get_input_details(), interpreter.get_output_details()
     sizes = {}
 
