@@ -35,10 +35,14 @@ DATA_DEPS := $(if $(and $(filter configs/default.yaml,$(CONFIG)),$(if $(DATA),,y
 .PHONY: install data preview train evaluate export predict demo backbones search lr-find test test-slow test-faults bench lint clean
 install: $(VENV)/.installed
 
+# mediapipe: its TFLite metadata writer puts the labels inside model.tflite. Installed without
+# its declared dependencies (they pin protobuf<5 and numpy<2, which TensorFlow 2.21 cannot use;
+# the writer needs only flatbuffers); newer mediapipe wheels lack the writer's native module.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e ".[dev,offline-weights]"
+	$(VENV)/bin/pip install --quiet --no-deps mediapipe==0.10.21
 	touch $@
 
 $(FASHION_MNIST):

@@ -46,6 +46,12 @@ def _throughput_images():
             rng.integers(0, 5, 640))
 
 
+def _export() -> dict:
+    from bench.bench_export import bench_export
+
+    return bench_export()
+
+
 def _determinism() -> dict:
     from bench.bench_determinism import bench_determinism
 
@@ -53,4 +59,4 @@ def _determinism() -> dict:
 
 
 SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
-          "determinism": _determinism}
+          "export": _export, "determinism": _determinism}

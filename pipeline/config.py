@@ -36,7 +36,7 @@ ClassWeight = Literal["none", "balanced"]
 EarlyStoppingMonitor = Literal["val_loss", "val_accuracy"]
 ExtractionEngine = Literal["auto", "litert", "tensorflow"]
 ExtractionPrecision = Literal["auto", "float32", "float16"]
-ExportFormat = Literal["keras", "litert", "saved_model"]
+ExportFormat = Literal["keras", "saved_model", "litert", "litert_dynamic", "litert_int8", "onnx"]
 
 
 @dataclass(frozen=True)
@@ -211,13 +211,16 @@ class ExportConfig:
     Attributes:
         models_dir: exported models go to `<models_dir>/<run name>/`.
         formats: what to write beside `model.keras` (always written: `predict` reads it):
-            "litert" (`model.tflite`, for phones, microcontroller-class boards and small CPU
-            servers) and "saved_model" (`saved_model/`, for TensorFlow Serving). Each is
-            checked to predict what the trained model did.
+            "saved_model" (`saved_model/`, TensorFlow Serving: image bytes in, class names
+            out), "litert" (`model.tflite`, uint8 pixels in, labels in its metadata: phones,
+            small boards, CPU servers), "litert_dynamic" and "litert_int8" (the same
+            quantised: int8 weights; int8 weights and activations), "onnx" (`model.onnx`,
+            onnxruntime). Each is checked on the whole test split in a fresh process.
     """
 
     models_dir: str = "models"
-    formats: tuple[ExportFormat, ...] = ("keras", "litert")
+    formats: tuple[ExportFormat, ...] = ("keras", "saved_model", "litert", "litert_dynamic",
+                                         "litert_int8", "onnx")
 
 
 # A search range: [scale, low, high] for "log" (uniform in log(value)), "linear" and

@@ -45,6 +45,69 @@ def convert(function: tf.types.experimental.PolymorphicFunction,
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], function).convert()
 
 
+QUANTIZATIONS = ("float32", "dynamic_range", "int8")
+
+
+def convert_classifier(model, *, quantization: str = "float32",
+                       calibration: np.ndarray | None = None) -> bytes:
+    """Converts a classifier (float32 pixels 0-255 in) to a LiteRT model that takes uint8 RGB
+    pixels at its input size, any batch size, and returns float32 probabilities.
+
+    Args:
+        model: the Keras classifier; it normalises its input itself.
+        quantization: "float32"; "dynamic_range" (int8 weights, float activations); or "int8"
+            (weights and activations, calibrated on `calibration`).
+        calibration: uint8 (N, size, size, 3) training images, for "int8".
+    """
+    size = model.input_shape[1]
+    if quantization == "int8":
+        # A float input quantised with scale 1 and zero point 0 is exactly the uint8 pixel:
+        # the calibration's range must be [0, 255], which a black and a white image ensure.
+        function = tf.function(lambda pixels: model(pixels, training=False))
+        spec = tf.TensorSpec((None, size, size, 3), tf.float32, name="pixels")
+        extremes = np.stack([np.zeros((size, size, 3), np.uint8),
+                             np.full((size, size, 3), 255, np.uint8)])
+        samples = np.concatenate([extremes, calibration]).astype(np.float32)
+    else:
+        function = tf.function(lambda pixels: model(tf.cast(pixels, tf.float32),
+                                                    training=False))
+        spec = tf.TensorSpec((None, size, size, 3), tf.uint8, name="pixels")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function(spec)], function)
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "int8":
+        converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    return converter.convert()
+
+
+def with_labels(model: bytes, class_names: list[str]) -> bytes:
+    """The LiteRT model with TFLite metadata naming its input (RGB pixels) and its output
+    classes (`labels.txt`, an associated file), as MediaPipe Tasks' ImageClassifier reads them.
+
+    Raises:
+        ImportError: MediaPipe's metadata writer (package `mediapipe`) is not installed.
+    """
+    from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
+
+    # uint8 pixels go in as they are: mean 0, standard deviation 1
+    writer = image_classifier.MetadataWriter.create(
+        model, input_norm_mean=[0.0], input_norm_std=[1.0],
+        labels=metadata_writer.Labels().add(list(class_names)))
+    return writer.populate()[0]
+
+
+def metadata_writer_available() -> bool:
+    """Whether MediaPipe's TFLite metadata writer can be imported."""
+    try:
+        from mediapipe.tasks.python.metadata.metadata_writers import image_classifier  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 PRECISIONS = tuple(name for name in typing.get_args(ExtractionPrecision) if name != "auto")
 # XNNPACK delegate flags (tensorflow/lite/delegates/xnnpack/xnnpack_delegate.h): its defaults
 # (quantized operators, signed and unsigned) plus IEEE half-precision inference, forced

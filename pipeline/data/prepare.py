@@ -38,6 +38,7 @@ class SourceData:
     extras: dict
     image_size: int
     notes: list[str]
+    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class PreparedData:
 
     def labels(self, split: str) -> np.ndarray:
         return np.load(self.directory / f"{split}_labels.npy")
+
+    def files(self, split: str) -> list[str] | None:
+        """The image files of a split, in the order of its arrays; None for sources that are
+        not files (Fashion-MNIST, tfds) or data prepared before files were recorded."""
+        path = self.directory / "files.json"
+        return json.loads(path.read_text(encoding="utf-8"))[split] if path.is_file() else None
 
 
 def load_prepared(directory: Path) -> PreparedData:
@@ -108,6 +115,10 @@ def prepare_data(config: DataConfig, output_dir: Path, *,
             np.save(folder / f"{split}_images.npy", source.images[chosen])
             np.save(folder / f"{split}_labels.npy", source.labels[chosen])
             labels_by_split[split] = source.labels[chosen]
+        if source.files:  # the export checks the model from these files' bytes
+            (folder / "files.json").write_text(json.dumps(
+                {split: [source.files[index] for index in np.flatnonzero(splits == split)]
+                 for split in SPLIT_NAMES}, ensure_ascii=False), encoding="utf-8")
         report = build_data_report(class_names=source.class_names,
                                    labels_by_split=labels_by_split,
                                    source=source.description, **source.extras,
@@ -230,7 +241,8 @@ def _read_folder(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
                        "duplicate_groups": scan.duplicate_groups,
                        "label_conflicts": scan.label_conflicts, "image_sizes": sizes,
                        "split_leaks": scan.split_leaks, "warnings": scan.warnings},
-                      image_size, [scan.layout_description, *notes])
+                      image_size, [scan.layout_description, *notes],
+                      tuple(str(Path(item.path).resolve()) for item in items))
 
 
 def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
