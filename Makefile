@@ -49,6 +49,12 @@ $(FASHION_MNIST):
 	@echo "Installing Debian's dataset-fashion-mnist (the real Fashion-MNIST files)..."
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# Headless Chromium renders report.html and drives make demo's page in the tests.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@echo "Installing Debian's chromium (the browser tests of report.html and make demo)..."
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
+
 data: install $(DATA_DEPS)
 	$(call pipeline,data)
 preview: install $(DATA_DEPS)
@@ -73,7 +79,7 @@ search: install $(DATA_DEPS)
 lr-find: install $(DATA_DEPS)
 	$(call pipeline,lr-find)
 
-test: install $(FASHION_MNIST)
+test: install $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest -q
 test-slow: install $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow

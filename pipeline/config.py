@@ -235,7 +235,8 @@ SEARCHABLE = {
     "l2": "model.l2", "dropout": "model.dropout",
     "adam_beta_1": "train.adam_beta_1", "adam_beta_2": "train.adam_beta_2",
     "decay_rate": "train.decay_rate", "batch_size": "train.batch_size",
-    "mixup_alpha": "train.mixup_alpha", "chain": "augment.chain",
+    "mixup_alpha": "train.mixup_alpha", "label_smoothing": "train.label_smoothing",
+    "chain": "augment.chain",
 }
 # keys only phase 2 reads: searching one makes every trial train both phases
 PHASE_2_KEYS = ("fine_tune_learning_rate",)
@@ -262,7 +263,8 @@ class SearchConfig:
         keep_best: how many of the best trials so far the next round zooms around.
         phases: "auto" (both phases if a phase-2 key is searched), "head" or "both".
         head_learning_rate, fine_tune_learning_rate, l2, dropout, adam_beta_1, adam_beta_2,
-            decay_rate, batch_size, mixup_alpha, chain: the range of the config key each sets
+            decay_rate, batch_size, mixup_alpha, label_smoothing, chain: the range of the config
+            key each sets
             (`SEARCHABLE`), searched when named in `keys`.
     """
 
@@ -281,6 +283,7 @@ class SearchConfig:
     decay_rate: tuple[int | float | str, ...] = ("linear", 0.5, 1.0)
     batch_size: tuple[int | float | str, ...] = ("choice", 16, 32, 64, 128)
     mixup_alpha: tuple[int | float | str, ...] = ("linear", 0.0, 0.5)
+    label_smoothing: tuple[int | float | str, ...] = ("linear", 0.0, 0.2)
     chain: tuple[int | float | str, ...] = ("choice", "none", "light", "standard")
 
 
