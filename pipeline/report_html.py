@@ -187,10 +187,14 @@ def _mistakes_section(mistakes: list[dict], test_images: np.ndarray | None) -> l
 
 
 def _export_section(config_summary: dict, metrics: dict) -> dict:
+    from pipeline.export import EXPORTED_FILES
+
     folder = Path(config_summary["export"]["models_dir"]) / config_summary["name"]
     calibration = metrics.get("calibration", {})
     tensorboard = Path(config_summary["runs_dir"]) / config_summary["name"] / "tensorboard"
-    return {"folder": folder.as_posix(), "formats": config_summary["export"]["formats"],
+    files = [EXPORTED_FILES[name] for name in config_summary["export"]["formats"]
+             if name != "keras"]
+    return {"folder": folder.as_posix(), "files": files,
             "temperature": calibration.get("temperature", 1.0),
             "tensorboard": tensorboard.as_posix()}
 
