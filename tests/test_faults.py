@@ -148,16 +148,29 @@ def outcome(folders: Folders) -> Outcome:
 
 
 def visible_files(folders: Folders) -> set[str]:
-    """Every file a user sees in the run and export folders (not the backup, which training
-    removes when it ends, nor hidden files)."""
-    files = set()
+    """The names of every file a user sees in the run and export folders (not the backup,
+    which training removes when it ends, nor hidden files)."""
+    return {f"{label}/{_stable_name(relative)}" for label, _, relative in visible_paths(folders)}
+
+
+def visible_paths(folders: Folders) -> list[tuple[str, Path, Path]]:
+    """(folder label, path, path relative to its folder) of every file a user sees."""
+    found = []
     for root, label in ((folders.run_dir, "run"), (folders.export_dir, "export")):
         for path in root.rglob("*") if root.is_dir() else []:
             relative = path.relative_to(root)
             if path.is_file() and not any(part.startswith(".") for part in relative.parts) \
                     and relative.parts[0] != "backup":
-                files.add(f"{label}/{relative.as_posix()}")
-    return files
+                found.append((label, path, relative))
+    return found
+
+
+def _stable_name(relative: Path) -> str:
+    """A file's name for comparing runs: TensorBoard names its event files by time, host and
+    process, so those count as one log per phase folder."""
+    if relative.parts[0] == "tensorboard":
+        return (relative.parent / "events").as_posix()
+    return relative.as_posix()
 
 
 def torn_artifacts(folders: Folders) -> list[str]:
@@ -170,9 +183,7 @@ def torn_artifacts(folders: Folders) -> list[str]:
         reason = stale_reason(folders.run_dir, stage, entry["fingerprint"])
         if reason:
             torn.append(f"{stage}: {reason}")
-    for name in visible_files(folders):
-        root = folders.run_dir if name.startswith("run/") else folders.export_dir
-        path = root / name.split("/", 1)[1]
+    for _, path, _ in visible_paths(folders):
         if not reads_back(path):
             torn.append(str(path))
     for seal_file in (folders.run_dir / "backup").rglob("SHA256SUMS"):
