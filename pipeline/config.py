@@ -134,7 +134,9 @@ class TrainConfig:
         head_learning_rate: phase 1 Adam initial learning rate; "auto" takes the learning-rate
             finder's suggestion (`pipeline.lr_find`, over `search.lr_find_range`).
         fine_tune_epochs: phase 2 epochs (top blocks unfrozen); 0 skips phase 2.
-        fine_tune_learning_rate: phase 2 Adam initial learning rate.
+        fine_tune_learning_rate: phase 2 Adam initial learning rate; "auto" takes the
+            learning-rate finder's suggestion for the top blocks with the trained head
+            (`pipeline.lr_find.sweep_fine_tune`, 150 steps; plot in the run folder).
         decay_rate: exponential learning-rate decay per epoch in both phases.
         adam_beta_1, adam_beta_2: Adam's decay rates of its gradient mean and square.
         early_stopping_patience: epochs without improvement of the monitored dev metric
@@ -164,7 +166,7 @@ class TrainConfig:
     head_epochs: int = 15
     head_learning_rate: float | Literal["auto"] = 1e-3
     fine_tune_epochs: int = 3
-    fine_tune_learning_rate: float = 1e-4
+    fine_tune_learning_rate: float | Literal["auto"] = 1e-4
     decay_rate: float = 0.8
     adam_beta_1: float = 0.9
     adam_beta_2: float = 0.999

@@ -3,7 +3,7 @@
 A person picks or drops a photo; the page sends its bytes to this server, which answers with
 the top 5 classes, drawn as bars. The server is the standard library's `http.server`, bound to
 127.0.0.1 only (nothing outside this machine can reach it), and reads nothing but the exported
-model folder. The photo is decoded by the bytes, as the data stage decodes files (JPEG, PNG,
+SavedModel. The photo is decoded by the bytes, as the data stage decodes files (JPEG, PNG,
 GIF or BMP, decided by content).
 
     python -m pipeline demo --model models/photos --port 8000
@@ -19,10 +19,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.data.images import ImageDecodeError
-from pipeline.errors import UnavailableError
+from pipeline.data.images import ImageDecodeError, decode_image_bytes
+from pipeline.errors import MissingInputError, UnavailableError
 
 TOP_K = 5
 HOST = "127.0.0.1"
@@ -36,22 +34,34 @@ def load_demo_model(model_dir: Path) -> Classify:
     """The one place the demo loads a model: encoded image bytes in, the top-5
     [{"class", "probability"}] out, best first.
 
-    It reads the export's `model.keras` through `pipeline.predict.Predictor` (Keras' safe mode,
-    the data stage's decoder). When the export's SavedModel takes encoded bytes itself, this is
-    the function to switch to it.
+    The model is the export's `saved_model/` alone (what TensorFlow Serving would load), through
+    its `classify_pixels` signature, which resizes and normalises inside. The bytes are decoded
+    by the data stage's decoder, as training's were: it turns phone photos upright by their
+    EXIF orientation (the SavedModel's own bytes signature cannot) and names what is wrong
+    with a file that is not an image.
 
     Raises:
-        MissingInputError: no exported model in `model_dir`.
+        MissingInputError: no exported SavedModel in `model_dir`.
     """
-    from pipeline.predict import Predictor
+    import tensorflow as tf
 
-    predictor = Predictor.load(model_dir)
-    predictor.probabilities([np.zeros((8, 8, 3), np.uint8)])  # traced now, not on a photo
+    saved_model = Path(model_dir) / "saved_model"
+    if not (saved_model / "saved_model.pb").is_file():
+        raise MissingInputError(
+            f"No exported SavedModel in '{model_dir}' (expected {saved_model}/saved_model.pb). "
+            f"Export one with saved_model in export.formats (the default): make export.")
+    signature = tf.saved_model.load(str(saved_model)).signatures["classify_pixels"]
+    signature(pixels=tf.zeros((1, 8, 8, 3), tf.uint8))  # the first call is slow; not on a photo
     lock = threading.Lock()  # one forward pass at a time: requests come on several threads
 
     def classify(data: bytes) -> list[dict]:
+        pixels = decode_image_bytes(data)
         with lock:
-            return predictor.classify_bytes(data, top_k=TOP_K)
+            result = signature(pixels=tf.constant(pixels[None]))
+        names = [name.decode("utf-8") for name in result["classes"].numpy()[0][:TOP_K]]
+        scores = result["scores"].numpy()[0][:TOP_K]
+        return [{"class": name, "probability": float(score)}
+                for name, score in zip(names, scores, strict=True)]
 
     return classify
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pipeline.atomic import atomic_path
 from pipeline.config import ExportConfig
 from pipeline.errors import UnavailableError
 from pipeline.litert import convert_classifier, litert_available, with_labels
-from pipeline.model import load_classifier, read_class_names
+from pipeline.model import load_classifier, read_class_names, with_temperature
 from pipeline.predict import eval_inputs
 
 EXPORTED_FILES = {"keras": "model.keras", "saved_model": "saved_model",
@@ -123,7 +122,11 @@ def export_model(run_dir: Path, export_dir: Path, *, test: TestSplit, stored_siz
     """
     formats = tuple(dict.fromkeys(("keras", *formats)))
     _require_tools(formats)
-    trained = load_classifier(run_dir / "model.keras")
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    # Temperature scaling fitted on dev at evaluation (1.0 when it did not help): every
+    # exported file gives the calibrated probabilities; the predictions are the same.
+    temperature = float(run_metrics.get("calibration", {}).get("temperature", 1.0))
+    trained = with_temperature(load_classifier(run_dir / "model.keras"), temperature)
     class_names = read_class_names(trained)
     inputs = eval_inputs(test.images, trained.input_shape[1])
     expected = _probabilities(trained, inputs)
@@ -133,11 +136,11 @@ def export_model(run_dir: Path, export_dir: Path, *, test: TestSplit, stored_siz
         Image.fromarray(np.asarray(test.images[0])).save(folder / "example.png")
         _write_preprocessing(folder, trained, stored_size, class_names, formats)
         for name in formats:
-            _write_format(name, folder, trained, run_dir, class_names=class_names,
+            _write_format(name, folder, trained, class_names=class_names,
                           stored_size=stored_size, calibration=calibration)
         checks = run_checks(folder, formats, test, inputs)
-        results = judge(checks, expected, test.labels, folder)
-        metrics = {**json.loads((run_dir / "metrics.json").read_text()), "export": results}
+        results = {**judge(checks, expected, test.labels, folder), "temperature": temperature}
+        metrics = {**run_metrics, "export": results}
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         from pipeline.model_card import write_model_card
 
@@ -175,12 +178,11 @@ def _probabilities(model: keras.Model, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
 
 
-def _write_format(name: str, folder: Path, model: keras.Model, run_dir: Path, *,
-                  class_names: list[str], stored_size: int,
-                  calibration: np.ndarray | None) -> None:
+def _write_format(name: str, folder: Path, model: keras.Model, *, class_names: list[str],
+                  stored_size: int, calibration: np.ndarray | None) -> None:
     path = folder / EXPORTED_FILES[name]
     if name == "keras":
-        shutil.copy2(run_dir / "model.keras", path)
+        model.save(path)  # the run's model, with the temperature layer if calibrated
         _write_keras_layers(folder / KERAS_LAYERS)
     elif name == "saved_model":
         from pipeline.serving import write_saved_model
@@ -206,18 +208,20 @@ def _write_format(name: str, folder: Path, model: keras.Model, run_dir: Path, *,
 
 
 def _write_keras_layers(path: Path) -> None:
-    """`keras_layers.py`: this package's two layers inside model.keras (normalisation and the
-    class names), their own source, so that model.keras loads where `pipeline` is absent."""
+    """`keras_layers.py`: this package's layers inside model.keras (normalisation, temperature
+    scaling and the class names), their own source, so that model.keras loads where `pipeline`
+    is absent."""
     import inspect
 
     from pipeline.backbones import layers
-    from pipeline.model import ClassNames
+    from pipeline.model import ClassNames, TemperatureScaling
 
     path.write_text("\n".join([
         '"""The custom layers of model.keras; import this module before loading it."""',
         "from collections.abc import Sequence", "", "import keras", "from keras import ops", "",
         f"_NORMALIZATIONS = {layers._NORMALIZATIONS!r}", "", "",
         inspect.getsource(layers.ImagePreprocessing), "",
+        inspect.getsource(TemperatureScaling), "",
         inspect.getsource(ClassNames)]), encoding="utf-8")
 
 
@@ -270,8 +274,10 @@ def judge(checks: dict, expected: np.ndarray, labels: np.ndarray, folder: Path) 
         agreement = (float(np.mean(probabilities.argmax(-1) == expected.argmax(-1)))
                      if len(labels) else 1.0)
         accuracy = float(np.mean(probabilities.argmax(-1) == labels)) if len(labels) else 0.0
+        difference = (float(np.max(np.abs(probabilities - expected))) if len(labels) else 0.0)
         results["checks"][check] = {
             "file": path.name, "size_bytes": _size(path), "top1_agreement": agreement,
+            "max_probability_difference": difference,
             "test_accuracy": accuracy, **checks["checks"][check]}
         _check_bar(check, path.name, agreement, accuracy, trained_accuracy)
     return results

@@ -1,9 +1,11 @@
 """Learning-rate finder (Smith, 2017; fastai's `lr_find`): which learning rate to start from.
 
 The head is trained on cached features for a few hundred steps while the learning rate grows
-exponentially from tiny to huge. The loss first stays flat (too small to learn), then falls
-(learning), then shoots up (diverging). The suggestion is where the smoothed loss falls
-fastest against log(learning rate), a rate that learns quickly while still far from diverging;
+exponentially from tiny to huge (and, for `train.fine_tune_learning_rate: auto`, the unfrozen
+top blocks with the trained head on their cached inputs, for fewer steps: they cost more).
+The loss first stays flat (too small to learn), then falls (learning), then shoots up
+(diverging). The suggestion is where the smoothed loss falls fastest against
+log(learning rate), a rate that learns quickly while still far from diverging;
 the rate at the minimum, divided by ten (fastai's older rule), is reported beside it.
 Keras has no finder of its own, so this one drives a plain Adam with `train_on_batch`.
 """
@@ -28,6 +30,10 @@ SWEEP = (1e-6, 1.0)
 STEPS = 300
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai does)
 DIVERGED = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
+# Phase 2 starts from a trained head: its useful rates are lower, and each step costs a pass
+# through the top blocks (0.8-1.1 s on flowers128 here), so the sweep is shorter.
+FINE_TUNE_SWEEP = (1e-7, 1e-1)
+FINE_TUNE_STEPS = 150
 
 
 def sweep(features: np.ndarray, labels: np.ndarray, num_classes: int, model: ModelConfig,
@@ -50,10 +56,40 @@ def sweep(features: np.ndarray, labels: np.ndarray, num_classes: int, model: Mod
     """
     keras.utils.set_random_seed(training.seed)
     head = build_head(num_classes, features.shape[-1], model)
+    return _sweep_model(head, features, labels, num_classes, training, steps=steps, span=span)
+
+
+def sweep_fine_tune(top: keras.Model, head: keras.Model, activations: np.ndarray,
+                    labels: np.ndarray, training: TrainConfig, *, steps: int = FINE_TUNE_STEPS,
+                    span: tuple[float, float] = FINE_TUNE_SWEEP) -> dict:
+    """Phase 2's sweep: the unfrozen `top` blocks and the phase-1 `head` on cached block inputs
+    (K, N, height, width, channels), as `pipeline.train.fine_tune` trains them. The weights are
+    put back afterwards: the sweep only looks.
+
+    Returns:
+        As `sweep`.
+    """
+    keras.utils.set_random_seed(training.seed)
+    inputs = keras.Input(activations.shape[2:])
+    features = top(inputs, training=False)  # BatchNorm in inference mode, as in phase 2
+    outputs = head(keras.layers.GlobalAveragePooling2D()(features))
+    model = keras.Model(inputs, outputs, name="top_blocks_and_head")
+    weights = model.get_weights()
+    try:
+        return _sweep_model(model, activations, labels, head.output_shape[-1], training,
+                            steps=steps, span=span)
+    finally:
+        model.set_weights(weights)
+
+
+def _sweep_model(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, num_classes: int,
+                 training: TrainConfig, *, steps: int, span: tuple[float, float]) -> dict:
+    """Trains `model` on `inputs` (K cached views) with Adam, the rate growing exponentially
+    over `span` in `steps` steps, until the smoothed loss diverges."""
     optimizer = keras.optimizers.Adam(span[0], beta_1=training.adam_beta_1,
                                       beta_2=training.adam_beta_2)
-    head.compile(optimizer=optimizer, loss="categorical_crossentropy")
-    data = CachedViews(features, labels, training.batch_size, seed=training.seed,
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy")
+    data = CachedViews(inputs, labels, training.batch_size, seed=training.seed,
                        num_classes=num_classes, mixup_alpha=training.mixup_alpha)
     rates = span[0] * (span[1] / span[0]) ** (np.arange(steps) / max(steps - 1, 1))
     losses, smoothed, average = [], [], 0.0
@@ -61,7 +97,7 @@ def sweep(features: np.ndarray, labels: np.ndarray, num_classes: int, model: Mod
         if step and step % len(data) == 0:
             data.on_epoch_end()
         optimizer.learning_rate.assign(rate)
-        loss = float(head.train_on_batch(*data[step % len(data)]))
+        loss = float(model.train_on_batch(*data[step % len(data)]))
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
         losses.append(loss)
         smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
@@ -85,7 +121,8 @@ def suggestions(rates: np.ndarray, smoothed: np.ndarray) -> dict:
     return {"suggested": float(rates[steepest]), "minimum_over_10": float(rates[lowest] / 10)}
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path,
+         title: str = "Learning-rate finder: the head on cached features") -> None:
     """Loss and smoothed loss against the learning rate (log axis), the suggestion marked."""
     figure = Figure(figsize=(6.5, 4), layout="constrained")
     FigureCanvasAgg(figure)
@@ -99,7 +136,7 @@ def plot(result: dict, path: Path) -> None:
                  label=f"minimum / 10: {result['minimum_over_10']:.2g}")
     top = float(np.percentile(result["smoothed"], 95)) * 1.2
     axes.set(xscale="log", xlabel="learning rate", ylabel="training loss",
-             ylim=(0, top), title="Learning-rate finder: the head on cached features")
+             ylim=(0, top), title=title)
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=110)
 
@@ -112,7 +149,24 @@ def resolve_head_learning_rate(training: TrainConfig, model: ModelConfig, featur
     return dataclasses.replace(training, head_learning_rate=rate)
 
 
-__all__ = ["sweep", "suggestions", "plot", "resolve_head_learning_rate", "SWEEP", "STEPS"]
+def resolve_fine_tune_learning_rate(training: TrainConfig, top: keras.Model, head: keras.Model,
+                                    activations: np.ndarray, labels: np.ndarray,
+                                    run_dir: Path | None = None) -> TrainConfig:
+    """`train.fine_tune_learning_rate: auto` replaced by phase 2's sweep's suggestion (printed;
+    the sweep and its plot saved as `lr_find_fine_tune.json`/`.png` in `run_dir`)."""
+    result = sweep_fine_tune(top, head, activations, labels, training)
+    rate = result["suggested"]
+    print(f"train.fine_tune_learning_rate: auto -> {rate:.3g} (learning-rate finder on the "
+          f"top blocks, {len(result['losses'])} steps)")
+    if run_dir is not None:
+        write_json(run_dir / "lr_find_fine_tune.json", result)
+        plot(result, run_dir / "lr_find_fine_tune.png",
+             title="Learning-rate finder: the top blocks and the trained head")
+    return dataclasses.replace(training, fine_tune_learning_rate=rate)
+
+
+__all__ = ["sweep", "sweep_fine_tune", "suggestions", "plot", "resolve_head_learning_rate",
+           "resolve_fine_tune_learning_rate", "SWEEP", "STEPS"]
 
 
 def lr_find_stage(config, run_dir: Path) -> dict:

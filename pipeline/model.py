@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+from keras import ops
 
 from pipeline.config import ModelConfig
 from pipeline.errors import DataError
@@ -31,6 +32,27 @@ class ClassNames(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_names": self.class_names}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class TemperatureScaling(keras.layers.Layer):
+    """softmax(log(p) / T) on probabilities p: temperature scaling (Guo et al., 2017).
+
+    T > 1 softens overconfident probabilities, T < 1 sharpens them; the ranking of the classes,
+    hence every prediction, is unchanged. A layer with its own config rather than a `Lambda`,
+    so that the model still loads in Keras' safe mode.
+    """
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, inputs):
+        logits = ops.log(ops.clip(inputs, 1e-12, 1.0))
+        return ops.softmax(logits / self.temperature, axis=-1)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "temperature": self.temperature}
 
 
 def build_head(num_classes: int, feature_dim: int, config: ModelConfig) -> keras.Sequential:
@@ -54,6 +76,17 @@ def assemble_classifier(base: keras.Model, head: keras.Model,
     probabilities = head(pooled)
     outputs = ClassNames(class_names, name="class_names")(probabilities)
     return keras.Model(inputs, outputs, name="classifier")
+
+
+def with_temperature(classifier: keras.Model, temperature: float) -> keras.Model:
+    """`classifier` (from `assemble_classifier`) with its probabilities temperature-scaled
+    before the class names; the weights are shared, not copied. T = 1 returns it unchanged."""
+    if temperature == 1.0:
+        return classifier
+    names = classifier.get_layer("class_names")
+    scaled = TemperatureScaling(temperature, name="temperature")(names.input)
+    outputs = ClassNames(names.class_names, name="class_names")(scaled)
+    return keras.Model(classifier.input, outputs, name=classifier.name)
 
 
 def load_classifier(path: Path) -> keras.Model:

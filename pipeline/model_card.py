@@ -42,7 +42,7 @@ probabilities = session.run(None, {{"pixels": np.asarray(image)[None]}})[0][0]
 labels = open("labels.txt", encoding="utf-8").read().splitlines()
 print(labels[probabilities.argmax()], probabilities.max())''',
     "keras": '''import keras
-import keras_layers  # the export's two custom layers (normalisation, class names)
+import keras_layers  # the export's custom layers (normalisation, temperature, class names)
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -106,6 +106,16 @@ def _metrics_section(metrics: dict) -> str:
             lines.append(f"- {split} accuracy {metrics[split]['accuracy']:.4f}")
     if diagnosis:
         lines.append(f"- bias/variance: **{diagnosis['verdict']}** ({diagnosis['summary']})")
+    temperature = metrics.get("export", {}).get("temperature", 1.0)
+    if temperature != 1.0:
+        test = metrics["calibration"]["test"]
+        lines.append(f"- calibration: every file's probabilities are temperature-scaled "
+                     f"(T = {temperature:.3f}, fitted on dev), which took the test expected "
+                     f"calibration error from {test['ece']:.2%} to {test['ece_scaled']:.2%}; "
+                     f"the predictions are those of the model as trained")
+    else:
+        lines.append("- calibration: probabilities as trained (temperature scaling fitted on "
+                     "dev did not lower the test calibration error, or was not measured)")
     return "\n".join(lines)
 
 

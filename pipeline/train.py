@@ -116,6 +116,12 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     if training.fine_tune_epochs:
         freeze_backbone(base, spec, unfreeze_top=True)
         started = time.perf_counter()
+        if training.fine_tune_learning_rate == "auto":
+            from pipeline.lr_find import resolve_fine_tune_learning_rate
+
+            training = resolve_fine_tune_learning_rate(training, top, head,
+                                                       train_cache.activations, train_labels,
+                                                       run_dir)
         history2 = fine_tune(top, head, train_cache.activations, train_labels,
                              dev_cache.activations, dev_labels, training, backup_dir / "phase2",
                              callbacks=[tensorboard_logs(run_dir, "phase2")])
@@ -128,7 +134,8 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     with atomic_path(run_dir / "model.keras") as path:
         classifier.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
-              "head_learning_rate": training.head_learning_rate, "image_size": image_size,
+              "head_learning_rate": training.head_learning_rate,
+              "fine_tune_learning_rate": training.fine_tune_learning_rate, "image_size": image_size,
               "extraction_engine": engine["engine"], "extraction_precision": engine["precision"]}
     write_json(run_dir / "train_history.json", result)
     shutil.rmtree(backup_dir, ignore_errors=True)  # done: nothing left to resume

@@ -30,11 +30,18 @@ def tiny_classifier(class_names: Sequence[str], *, image_size: int = 32,
 
 
 def write_tiny_export(folder: Path, class_names: Sequence[str], *, image_size: int = 32,
-                      stored_size: int = 40, model: keras.Model | None = None) -> Path:
+                      stored_size: int = 40, model: keras.Model | None = None,
+                      saved_model: bool = False) -> Path:
     """Writes `folder/model.keras` (`model`, or a `tiny_classifier`) and
-    `folder/preprocessing.json` (images stored at `stored_size`); returns `folder`."""
+    `folder/preprocessing.json` (images stored at `stored_size`), and with `saved_model` the
+    export's `folder/saved_model/`; returns `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     model = model or tiny_classifier(class_names, image_size=image_size)
     model.save(folder / "model.keras")
+    if saved_model:
+        from pipeline.serving import write_saved_model
+
+        write_saved_model(model, folder / "saved_model", class_names=list(class_names),
+                          stored_size=stored_size)
     (folder / "preprocessing.json").write_text(json.dumps({"stored_size": stored_size}))
     return folder

@@ -18,7 +18,7 @@ from PIL import Image
 
 from bench.datasets import FLOWERS
 from pipeline.demo import TOP_K, load_demo_model, make_server
-from pipeline.errors import UnavailableError
+from pipeline.errors import MissingInputError, UnavailableError
 from pipeline.predict import Predictor
 from tests.exported import write_tiny_export
 
@@ -28,8 +28,10 @@ FLOWER_NAMES = ["daisy", "dandelion", "rose", "sunflower", "tulip", "other"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A tiny export whose six classes are named like flowers (five shown on the page)."""
-    return write_tiny_export(tmp_path_factory.mktemp("models") / "flowers", FLOWER_NAMES)
+    """A tiny export (model.keras and saved_model/) whose six classes are named like flowers
+    (five shown on the page)."""
+    return write_tiny_export(tmp_path_factory.mktemp("models") / "flowers", FLOWER_NAMES,
+                             saved_model=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,23 @@ def test_the_server_answers_the_top_classes_of_posted_bytes(classify, model_dir,
         assert post(address + "/classify", b"")[0] == 400
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(address + "/secrets", timeout=60)
+
+
+def test_the_demo_runs_the_saved_model_alone(model_dir, tmp_path):
+    """The page's answers come from saved_model/: with model.keras gone they are unchanged, and
+    they agree with make predict's (model.keras) to float precision; an export without a
+    SavedModel is refused with the fix."""
+    photo = a_photo(tmp_path).read_bytes()
+    only_saved_model = tmp_path / "flowers"
+    shutil.copytree(model_dir / "saved_model", only_saved_model / "saved_model")
+    answer = load_demo_model(only_saved_model)(photo)
+    predicted = Predictor.load(model_dir).classify_bytes(photo, top_k=TOP_K)
+    assert [entry["class"] for entry in answer] == [entry["class"] for entry in predicted]
+    np.testing.assert_allclose([entry["probability"] for entry in answer],
+                               [entry["probability"] for entry in predicted], atol=1e-5)
+    shutil.rmtree(only_saved_model / "saved_model")
+    with pytest.raises(MissingInputError, match=r"No exported SavedModel.*export.formats"):
+        load_demo_model(only_saved_model)
 
 
 def test_a_taken_port_names_the_fix(classify):

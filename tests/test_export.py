@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline import export
 from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec
+from pipeline.calibration import apply_temperature
 from pipeline.config import ConfigError, ModelConfig, load_config
 from pipeline.data.images import decode_image_bytes, resize_square
 from pipeline.export import ExportCheckError, TestSplit, export_model, judge
@@ -23,6 +24,8 @@ from pipeline.model import assemble_classifier, build_head
 from pipeline.predict import eval_inputs
 
 CLASS_NAMES = ["cat", "dog", "émeu"]
+# The run's evaluation fitted this temperature on dev and kept it: the exports must apply it.
+TEMPERATURE = 2.0
 FLOAT_FORMATS = ("keras", "saved_model", "litert", "onnx")
 
 
@@ -36,7 +39,10 @@ def run_dir(tmp_path_factory):
     freeze_backbone(base, spec, unfreeze_top=False)
     head = build_head(len(CLASS_NAMES), base.output_shape[-1], ModelConfig())
     assemble_classifier(base, head, CLASS_NAMES).save(folder / "model.keras")
-    (folder / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5}}))
+    (folder / "metrics.json").write_text(json.dumps({
+        "test": {"accuracy": 0.5},
+        "calibration": {"temperature": TEMPERATURE, "applied": True,
+                        "test": {"ece": 0.2, "ece_scaled": 0.1}}}))
     (folder / "data").mkdir()
     for split in ("train", "dev", "test"):
         np.save(folder / "data" / f"{split}_labels.npy", np.array([0, 1, 2, 0, 1, 2]))
@@ -65,7 +71,10 @@ def test_every_format_is_checked_on_the_test_split_in_a_process_without_pipeline
     for check, row in checks.items():
         assert row["top1_agreement"] == 1.0, check
         assert row["size_bytes"] > 10_000 and row["latency_ms"] > 0, check
+        # the probabilities themselves, temperature included, not only the ranking
+        assert row["max_probability_difference"] < 1e-4, (check, row)
     assert metrics["test"] == {"accuracy": 0.5}  # the run's metrics travel with the export
+    assert metrics["export"]["temperature"] == TEMPERATURE
     assert (exported / "labels.txt").read_text(encoding="utf-8").splitlines() == CLASS_NAMES
 
 
@@ -76,11 +85,15 @@ def test_saved_model_takes_bytes_and_pixels_and_preprocesses_as_evaluation(expor
     photo = np.asarray(Image.fromarray(rng.integers(0, 256, (8, 11, 3), dtype=np.uint8))
                        .resize((77, 53), Image.BICUBIC))
     trained = keras.models.load_model(run_dir / "model.keras")
+
+    def calibrated(pixels):  # the trained model's probabilities, temperature-scaled
+        return apply_temperature(trained(pixels.astype("float32")).numpy(), TEMPERATURE)
+
     square = resize_square(photo, 40)
-    expected = trained(eval_inputs(square[None], 32).astype("float32")).numpy()
+    expected = calibrated(eval_inputs(square[None], 32))
     loaded = tf.saved_model.load(str(exported / "saved_model"))
     pixels = loaded.signatures["classify_pixels"](pixels=tf.constant(photo[None]))
-    np.testing.assert_allclose(pixels["probabilities"].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(pixels["probabilities"].numpy(), expected, atol=1e-5)
     assert pixels["classes"].numpy()[0, 0].decode() == CLASS_NAMES[expected.argmax()]
     encoded = []
     for image_format in ("PNG", "JPEG", "BMP", "GIF"):
@@ -89,9 +102,24 @@ def test_saved_model_takes_bytes_and_pixels_and_preprocesses_as_evaluation(expor
         encoded.append(buffer.getvalue())
     served = loaded.signatures["serving_default"](image_bytes=tf.constant(encoded))
     product = np.stack([resize_square(decode_image_bytes(data), 40) for data in encoded])
-    expected = trained(eval_inputs(product, 32).astype("float32")).numpy()
-    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-6)
+    expected = calibrated(eval_inputs(product, 32))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
     assert served["scores"].shape == (4, 3)
+
+
+def test_exported_keras_model_applies_the_dev_fitted_temperature_and_loads_safely(
+        exported, run_dir, test_split):
+    """The export's probabilities are the calibrated ones; its predictions are the trained
+    model's, and the temperature layer carries no code (safe mode loads it)."""
+    trained = keras.models.load_model(run_dir / "model.keras")
+    calibrated = keras.models.load_model(exported / "model.keras", safe_mode=True)
+    inputs = eval_inputs(test_split.images, 32).astype("float32")
+    plain = trained(inputs).numpy()
+    scaled = calibrated(inputs).numpy()
+    np.testing.assert_allclose(scaled, apply_temperature(plain, TEMPERATURE), atol=1e-5)
+    assert np.array_equal(scaled.argmax(-1), plain.argmax(-1))
+    assert scaled.max() < plain.max()  # T = 2 softens
+    assert "TemperatureScaling" in (exported / "keras_layers.py").read_text()
 
 
 # Portrait images Pillow 13 sometimes resizes vertical pass first (e.g. 90x41: within one grey

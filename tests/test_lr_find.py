@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.lr_find import resolve_head_learning_rate, suggestions, sweep
+from pipeline.config import ConfigError, load_config
+from pipeline.lr_find import (
+    resolve_fine_tune_learning_rate,
+    resolve_head_learning_rate,
+    suggestions,
+    sweep,
+    sweep_fine_tune,
+)
 from tests.test_search import TINY
 
 
@@ -61,6 +67,39 @@ def test_auto_takes_the_suggestion(monkeypatch):
     assert seen == {"shape": (1, 512, 8), "num_classes": 4, "batch": 32}
 
 
+def test_fine_tune_sweep_trains_top_and_head_then_puts_their_weights_back(tmp_path):
+    """Phase 2's sweep: block inputs through a conv `top` and a head; it learns, stops on
+    divergence, and leaves both as they were (auto then trains from there)."""
+    import keras
+
+    features, labels = separable(count=256)
+    activations = np.tile(features[:, :, None, None, :], (1, 1, 3, 3, 1))  # (1, N, 3, 3, 8)
+    keras.utils.set_random_seed(0)
+    top = keras.Sequential([keras.Input((3, 3, 8)), keras.layers.Conv2D(8, 1),
+                            keras.layers.BatchNormalization()], name="top")
+    head = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
+    before = [weight.copy() for weight in top.get_weights() + head.get_weights()]
+    config = load_config(None, ["train.batch_size=32", "train.fine_tune_learning_rate=auto"])
+    result = sweep_fine_tune(top, head, activations, labels, config.train, steps=80,
+                             span=(1e-5, 1e2))
+    smoothed = np.array(result["smoothed"])
+    assert smoothed.min() < 0.7 * smoothed[0] and len(smoothed) < 80
+    for old, new in zip(before, top.get_weights() + head.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    resolved = resolve_fine_tune_learning_rate(config.train, top, head, activations, labels,
+                                               tmp_path)
+    assert isinstance(resolved.fine_tune_learning_rate, float)
+    assert 1e-7 < resolved.fine_tune_learning_rate < 1e-1
+    saved = json.loads((tmp_path / "lr_find_fine_tune.json").read_text())
+    assert saved["suggested"] == resolved.fine_tune_learning_rate
+    assert (tmp_path / "lr_find_fine_tune.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_learning_rate_that_is_neither_a_number_nor_auto_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.fine_tune_learning_rate"):
+        load_config(None, ["train.fine_tune_learning_rate=fast"])
+
+
 @pytest.mark.slow
 def test_lr_find_command_writes_the_plot_and_the_sweep(tmp_path, capsys):
     from tests.test_fashion_mnist import make_fake_fashion
@@ -74,3 +113,22 @@ def test_lr_find_command_writes_the_plot_and_the_sweep(tmp_path, capsys):
     assert (run_dir / "lr_find.png").read_bytes().startswith(b"\x89PNG")
     assert f"Suggested train.head_learning_rate: {result['suggested']:.3g}" in (
         capsys.readouterr().out)
+
+
+def test_train_with_fine_tune_rate_auto_sweeps_phase_2_and_trains_with_the_suggestion(
+        tmp_path):
+    from pipeline.lr_find import FINE_TUNE_SWEEP
+    from tests.test_fashion_mnist import make_fake_fashion
+
+    (tmp_path / "idx").mkdir()
+    make_fake_fashion(tmp_path / "idx", train=80, test=20)
+    for stage in ("data", "train"):
+        assert main([stage, "--config", "configs/default.yaml", *TINY,
+                     f"data.path={tmp_path / 'idx'}", f"runs_dir={tmp_path / 'runs'}",
+                     "train.fine_tune_learning_rate=auto"]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    history = json.loads((run_dir / "train_history.json").read_text())
+    swept = json.loads((run_dir / "lr_find_fine_tune.json").read_text())
+    assert history["fine_tune_learning_rate"] == swept["suggested"]
+    assert FINE_TUNE_SWEEP[0] < swept["suggested"] < FINE_TUNE_SWEEP[1]
+    assert len(history["history"]["loss"]) > history["phase_boundaries"][0]  # phase 2 ran

@@ -23,7 +23,7 @@ from pipeline.backbones import freeze_backbone, get_backbone_spec, model_image_s
 from pipeline.config import PHASE_2_KEYS, ExperimentConfig
 from pipeline.data.prepare import PreparedData
 from pipeline.features import FeatureCache
-from pipeline.lr_find import resolve_head_learning_rate
+from pipeline.lr_find import resolve_fine_tune_learning_rate, resolve_head_learning_rate
 from pipeline.model import build_head
 from pipeline.search.space import with_values
 from pipeline.train import cache_features, fine_tune, frozen_base, train_head
@@ -90,6 +90,9 @@ class TrialTrainer:
                 self.top.set_weights(self.pretrained_top)
                 freeze_backbone(self.base, get_backbone_spec(config.model.backbone),
                                 unfreeze_top=True)
+                if training.fine_tune_learning_rate == "auto":
+                    training = resolve_fine_tune_learning_rate(
+                        training, self.top, head, train_cache.activations, self.labels["train"])
                 history = fine_tune(self.top, head, train_cache.activations,
                                     self.labels["train"], dev_cache.activations,
                                     self.labels["dev"], training, self.scratch / "phase2")
