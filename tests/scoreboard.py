@@ -14,6 +14,8 @@ SCOREBOARD: Counter = Counter()
 LINES = (
     ("faults injected / survived", "faults injected", "faults survived"),
     ("runs resumed / resumed exactly", "runs resumed", "runs resumed exactly"),
+    ("aimed kills that missed (the run ended first, exit 0)",
+     "aimed kills that missed (run ended first, exit 0)", None),
     ("artifacts lost (must be 0)", "artifacts lost", None),
     ("torn artifacts visible to a reader (must be 0)", "torn artifacts", None),
     ("stale or damaged states refused", "stale states refused", None),
