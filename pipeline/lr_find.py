@@ -30,6 +30,7 @@ SWEEP = (1e-6, 1.0)
 STEPS = 300
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (as fastai does)
 DIVERGED = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
+EDGE = 1.1  # phase 2's loss has begun to diverge 10% above its lowest so far
 # Phase 2 starts from a trained head: its useful rates are lower, and each step costs a pass
 # through the top blocks (0.8-1.1 s on flowers128 here), so the sweep is shorter.
 FINE_TUNE_SWEEP = (1e-7, 1e-1)
@@ -52,7 +53,7 @@ def sweep(features: np.ndarray, labels: np.ndarray, num_classes: int, model: Mod
 
     Returns:
         {"learning_rates", "losses", "smoothed": per step until divergence,
-         "suggested": the steepest fall, "minimum_over_10": the minimum's rate / 10}
+         "suggested": the steepest fall, and the others of `suggestions`}
     """
     keras.utils.set_random_seed(training.seed)
     head = build_head(num_classes, features.shape[-1], model)
@@ -77,13 +78,14 @@ def sweep_fine_tune(top: keras.Model, head: keras.Model, activations: np.ndarray
     weights = model.get_weights()
     try:
         return _sweep_model(model, activations, labels, head.output_shape[-1], training,
-                            steps=steps, span=span)
+                            steps=steps, span=span, rule="edge")
     finally:
         model.set_weights(weights)
 
 
 def _sweep_model(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, num_classes: int,
-                 training: TrainConfig, *, steps: int, span: tuple[float, float]) -> dict:
+                 training: TrainConfig, *, steps: int, span: tuple[float, float],
+                 rule: str = "steepest") -> dict:
     """Trains `model` on `inputs` (K cached views) with Adam, the rate growing exponentially
     over `span` in `steps` steps, until the smoothed loss diverges."""
     optimizer = keras.optimizers.Adam(span[0], beta_1=training.adam_beta_1,
@@ -104,21 +106,35 @@ def _sweep_model(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, num
         if not np.isfinite(loss) or smoothed[-1] > DIVERGED * min(smoothed):
             break
     return {"learning_rates": rates[:len(losses)].tolist(), "losses": losses,
-            "smoothed": smoothed, **suggestions(rates[:len(losses)], np.array(smoothed))}
+            "smoothed": smoothed,
+            **suggestions(rates[:len(losses)], np.array(smoothed), rule)}
 
 
-def suggestions(rates: np.ndarray, smoothed: np.ndarray) -> dict:
-    """The steepest fall of the smoothed loss before its minimum, and the minimum's rate / 10.
+def suggestions(rates: np.ndarray, smoothed: np.ndarray, rule: str = "steepest") -> dict:
+    """The rates a sweep suggests; `rule` says which one is "suggested".
 
-    The first and last tenth of the sweep are left out of the steepest fall: the moving
-    average has not settled at the start, and the end is the divergence itself.
+    - "steepest" (the head, trained from scratch): the steepest fall of the smoothed loss
+      before its minimum. The first and last tenth of the sweep are left out: the moving
+      average has not settled at the start, and the end is the divergence itself.
+    - "edge" (phase 2, which starts from a trained head): the loss has nothing left to fall
+      from, so it stays flat, noisy, until the rate is too high, then climbs. The suggestion
+      is a tenth of the edge, the first rate whose smoothed loss is `EDGE` above the lowest
+      so far (Smith's "an order of magnitude below where the loss diverges").
+
+    Also returned: the minimum's rate / 10 (fastai's older rule) and the edge / 10.
     """
     lowest = int(np.nanargmin(smoothed))
     start = len(rates) // 10
     stop = max(lowest, start + 2)
     slopes = np.gradient(smoothed[:stop], np.log(rates[:stop]))
     steepest = start + int(np.argmin(slopes[start:]))
-    return {"suggested": float(rates[steepest]), "minimum_over_10": float(rates[lowest] / 10)}
+    settled = smoothed[start:]  # the average of the first few batches is too noisy to compare
+    above = np.flatnonzero(settled > EDGE * np.minimum.accumulate(settled))
+    edge = start + int(above[0]) if len(above) else len(rates) - 1
+    found = {"steepest": float(rates[steepest]), "minimum_over_10": float(rates[lowest] / 10),
+             "edge_over_10": float(rates[edge] / 10)}
+    return {"suggested": found["steepest" if rule == "steepest" else "edge_over_10"],
+            "rule": rule, **found}
 
 
 def plot(result: dict, path: Path,
@@ -130,8 +146,9 @@ def plot(result: dict, path: Path,
     axes.plot(result["learning_rates"], result["losses"], color="0.8", lw=0.8, label="loss")
     axes.plot(result["learning_rates"], result["smoothed"], color="tab:blue",
               label="smoothed loss")
+    why = "steepest fall" if result.get("rule", "steepest") == "steepest" else "edge / 10"
     axes.axvline(result["suggested"], color="tab:red", ls="--",
-                 label=f"suggested {result['suggested']:.2g} (steepest fall)")
+                 label=f"suggested {result['suggested']:.2g} ({why})")
     axes.axvline(result["minimum_over_10"], color="tab:green", ls=":",
                  label=f"minimum / 10: {result['minimum_over_10']:.2g}")
     top = float(np.percentile(result["smoothed"], 95)) * 1.2

@@ -29,6 +29,18 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
     assert 0.5e-2 < found["minimum_over_10"] < 2e-2
 
 
+def test_phase_2_suggests_a_tenth_of_where_its_flat_loss_starts_to_climb():
+    """From a trained head the loss has nothing to fall from: flat and noisy, then climbing.
+    The steepest fall is noise there; a tenth of the climb's start is the suggestion."""
+    rates = np.geomspace(1e-7, 1e-1, 150)
+    noise = np.random.default_rng(0).normal(0, 0.01, 150)
+    climb = np.where(rates > 1e-3, np.log10(rates / 1e-3), 0.0)
+    found = suggestions(rates, 0.9 + noise + climb, rule="edge")
+    assert found["suggested"] == found["edge_over_10"]
+    assert 1e-4 < found["suggested"] < 2e-4
+    assert suggestions(rates, 0.9 + noise + climb)["suggested"] < 1e-5  # steepest: noise
+
+
 def separable(count: int = 512, classes: int = 4, seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = np.arange(count) % classes
