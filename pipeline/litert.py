@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import functools
 import importlib.util
+import io
 import os
 import platform
 import sys
@@ -90,7 +91,11 @@ def with_labels(model: bytes, class_names: list[str]) -> bytes:
     Raises:
         ImportError: MediaPipe's metadata writer (package `mediapipe`) is not installed.
     """
-    from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
+    with _without_mediapipe_import_noise():
+        from mediapipe.tasks.python.metadata.metadata_writers import (
+            image_classifier,
+            metadata_writer,
+        )
 
     # uint8 pixels go in as they are: mean 0, standard deviation 1
     writer = image_classifier.MetadataWriter.create(
@@ -102,10 +107,32 @@ def with_labels(model: bytes, class_names: list[str]) -> bytes:
 def metadata_writer_available() -> bool:
     """Whether MediaPipe's TFLite metadata writer can be imported."""
     try:
-        from mediapipe.tasks.python.metadata.metadata_writers import image_classifier  # noqa: F401
+        with _without_mediapipe_import_noise():
+            from mediapipe.tasks.python.metadata.metadata_writers import (  # noqa: F401
+                image_classifier,
+            )
     except ImportError:
         return False
     return True
+
+
+# Printed (not raised) by mediapipe 0.10.21's native module when it loads beside protobuf 5+;
+# the metadata writer works regardless, and a user would read the line as the export failing.
+_MEDIAPIPE_IMPORT_NOISE = "AttributeError: 'MessageFactory' object has no attribute 'GetPrototype'"
+
+
+@contextlib.contextmanager
+def _without_mediapipe_import_noise():
+    """Imports mediapipe without its known harmless line on stderr; anything else it writes
+    there is passed on."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        kept = [line for line in captured.getvalue().splitlines(keepends=True)
+                if line.strip() != _MEDIAPIPE_IMPORT_NOISE]
+        sys.stderr.write("".join(kept))
 
 
 PRECISIONS = tuple(name for name in typing.get_args(ExtractionPrecision) if name != "auto")

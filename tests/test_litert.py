@@ -63,3 +63,17 @@ def test_float16_runs_the_float32_model_to_half_precision(small_network, capfd):
 def test_float16_on_bytes_that_are_no_model_says_what_litert_said():
     with pytest.raises(RuntimeError, match="could not compile the model in float16"):
         LiteRTFloat16Model(b"not a LiteRT model" * 8)
+
+
+def test_loading_the_metadata_writer_prints_nothing_a_user_would_take_for_an_error():
+    """mediapipe's native module prints an AttributeError line when it loads beside protobuf
+    5+ (harmless: the writer works); the export must not show it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mediapipe.tasks.python.metadata.metadata_writers")
+    done = subprocess.run([sys.executable, "-c", (
+        "from pipeline.litert import metadata_writer_available\n"
+        "assert metadata_writer_available()")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "AttributeError" not in done.stderr, done.stderr
