@@ -39,7 +39,6 @@ from pipeline.backbones import (
     BackboneSpec,
     boundary_index,
     create_backbone,
-    fine_tune_points,
     freeze_backbone,
     get_backbone_spec,
     model_image_size,
@@ -297,7 +296,8 @@ def frozen_base(model: ModelConfig, image_size: int,
 
 # `train.fine_tune_from: auto`: (fewest training images per class, steps below "top") from the
 # measurements in the README's "How deep to fine-tune"; the first row whose bound the data
-# reaches wins. A step is one entry of `fine_tune_points` (Lite0: top=block6a, block5a, block4a).
+# reaches wins. A step is one block boundary below the top blocks (Lite0: block5a, block4a),
+# then "all".
 AUTO_DEPTH = ((1000, 1), (0, 0))
 
 
@@ -306,10 +306,13 @@ def resolve_fine_tune_from(fine_tune_from: str, spec: BackboneSpec, labels: np.n
     images per class (the smallest class counts): deeper with more data, by `AUTO_DEPTH`."""
     if fine_tune_from != "auto":
         return fine_tune_from
-    per_class = int(np.bincount(labels)[np.bincount(labels) > 0].min()) if len(labels) else 0
+    counts = np.bincount(labels)
+    per_class = int(counts[counts > 0].min()) if len(labels) else 0
     steps = next(steps for bound, steps in AUTO_DEPTH if per_class >= bound)
-    points = fine_tune_points(spec.name)
-    chosen = points[min(steps, len(points) - 1)]
+    below_top = [name for name in reversed(spec.boundaries)
+                 if spec.boundaries[name] != spec.unfreeze_from]
+    depths = ["top", *below_top, "all"]
+    chosen = depths[min(steps, len(depths) - 1)]
     print(f"train.fine_tune_from=auto: {per_class} training images in the smallest class, so "
           f"phase 2 trains from {chosen}.")
     return chosen
@@ -649,6 +652,7 @@ def load_history(run_dir: Path) -> dict:
 
 __all__ = ["train_stage", "train", "train_head", "HEAD_STEPS_PER_EXECUTION", "fine_tune",
            "fine_tune_on_pixels", "phase2_model", "phase2_feeding", "resolve_fine_tune_from",
+           "AUTO_DEPTH",
            "augmenters",
            "class_weights", "frozen_base", "cache_features",
            "cached_datasets", "compile_model", "early_stopping", "FeatureCache", "load_history"]

@@ -222,8 +222,8 @@ def test_auto_depth_goes_deeper_with_more_images_per_class(capsys):
     many = np.repeat(np.arange(10), max(bound for bound, _ in train.AUTO_DEPTH))
     shallow = train.resolve_fine_tune_from("auto", spec, few)
     deep = train.resolve_fine_tune_from("auto", spec, many)
-    points = train.fine_tune_points(spec.name)
-    assert points.index(deep) > points.index(shallow)
+    base = train.create_backbone(spec.name, weights=None, image_size=32)
+    assert (train.boundary_index(base, spec, deep) < train.boundary_index(base, spec, shallow))
     assert "smallest class" in capsys.readouterr().out
     assert train.resolve_fine_tune_from("block4a", spec, few) == "block4a"
 
