@@ -32,6 +32,9 @@ GOALS: dict[str, Goal] = {
         2, "augmentation images/s vs per-image tf.numpy_function + AUTOTUNE"),
     "online_vs_preaugmented_train_speed": Goal(
         0.95, "training images/s (Lite0), augmenting online vs pre-augmented images"),
+    "phase2_live_vs_preaugmented_train_speed": Goal(
+        0.95, "pixel-fed phase 2 images/s (Lite0 from block5a, default job's size), augmenting "
+              "live vs the same images pre-augmented"),
     "cached_head_epoch_speedup": Goal(50, "cached head epoch vs frozen end-to-end epoch"),
     "extraction_vs_raw_forward": Goal(
         0.95, "feature extraction (the product's engine) vs the base's raw tf.function forward"),

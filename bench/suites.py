@@ -52,6 +52,12 @@ def _export() -> dict:
     return bench_export()
 
 
+def _phase2() -> dict:
+    from bench.bench_phase2 import bench_phase2
+
+    return bench_phase2()
+
+
 def _determinism() -> dict:
     from bench.bench_determinism import bench_determinism
 
@@ -59,4 +65,4 @@ def _determinism() -> dict:
 
 
 SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
-          "export": _export, "determinism": _determinism}
+          "export": _export, "determinism": _determinism, "phase2": _phase2}

@@ -36,6 +36,7 @@ ClassWeight = Literal["none", "balanced"]
 EarlyStoppingMonitor = Literal["val_loss", "val_accuracy"]
 ExtractionEngine = Literal["auto", "litert", "tensorflow"]
 ExtractionPrecision = Literal["auto", "float32", "float16"]
+Phase2Input = Literal["auto", "cached", "pixels"]
 ExportFormat = Literal["keras", "saved_model", "litert", "litert_dynamic", "litert_int8", "onnx"]
 
 
@@ -134,8 +135,16 @@ class TrainConfig:
         head_learning_rate: phase 1 Adam initial learning rate; "auto" takes the learning-rate
             finder's suggestion (`pipeline.lr_find`, over `search.lr_find_range`).
         fine_tune_epochs: phase 2 epochs (top blocks unfrozen); 0 skips phase 2.
+        fine_tune_from: where phase 2's trainable part begins: "top" (the backbone spec's
+            point, Lite0's block6a), a block boundary of the backbone (Lite0: block5a,
+            block4a; `pipeline.backbones.fine_tune_points` lists each backbone's), "all" (every
+            layer), or "auto" (chosen by the training images per class, see the README).
+        phase2_input: how phase 2 is fed: "cached" (activations at its start, cached once for
+            the K views: cheap), "pixels" (the whole base runs every step on a fresh augmented
+            view of every image each epoch), or "auto" (cached when phase 2 starts at "top",
+            pixels when it starts lower).
         fine_tune_learning_rate: phase 2 Adam initial learning rate; "auto" takes the
-            learning-rate finder's suggestion for the top blocks with the trained head
+            learning-rate finder's suggestion for the trainable part with the trained head
             (`pipeline.lr_find.sweep_fine_tune`, 150 steps; plot in the run folder).
         decay_rate: exponential learning-rate decay per epoch in both phases.
         adam_beta_1, adam_beta_2: Adam's decay rates of its gradient mean and square.
@@ -166,6 +175,8 @@ class TrainConfig:
     head_epochs: int = 15
     head_learning_rate: float | Literal["auto"] = 1e-3
     fine_tune_epochs: int = 3
+    fine_tune_from: str = "top"
+    phase2_input: Phase2Input = "auto"
     fine_tune_learning_rate: float | Literal["auto"] = 1e-4
     decay_rate: float = 0.8
     adam_beta_1: float = 0.9
@@ -531,7 +542,7 @@ def _validate_run_name(name: str) -> None:
 def _validate_names(config: ExperimentConfig) -> None:
     """Augmentation chains and backbone names are checked now, not an hour into a run."""
     from pipeline.augment import resolve_chain
-    from pipeline.backbones import get_backbone_spec
+    from pipeline.backbones import check_fine_tune_from, get_backbone_spec
 
     try:
         resolve_chain(config.augment.chain)
@@ -541,6 +552,7 @@ def _validate_names(config: ExperimentConfig) -> None:
         get_backbone_spec(config.model.backbone)
     except ValueError as error:
         raise ConfigError(f"Config key 'model.backbone': {error}") from None
+    check_fine_tune_from(config.model.backbone, config.train.fine_tune_from)
 
 
 def _validate_continued_model(config: ExperimentConfig) -> None:

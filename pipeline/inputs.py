@@ -51,14 +51,34 @@ def pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
 class AugmentedImages(keras.utils.PyDataset):
     """Shuffled, augmented (image, label) batches for end-to-end `model.fit`.
 
-    Each epoch reshuffles and augments anew; the same seed gives the same batches.
+    Each epoch reshuffles and augments anew (a fresh view of every image, seeded per
+    (seed, epoch, index) by the `BatchAugmenter`); the same seed gives the same batches. Keras
+    runs `__getitem__` ahead of the step in tf.data's prefetch thread, and the augmenter's own
+    threads share each batch, so the next batch is made while the model works on this one.
+
+    Args:
+        images: uint8 (N, H, W, 3) images (may be memory-mapped).
+        labels: (N,) integer labels.
+        augmenter: called as `augmenter(batch, indices, epoch)`, e.g. a `BatchAugmenter`.
+        batch_size: examples per batch.
+        seed: shuffling and mixing.
+        shuffle: False yields the images in order, never mixed (for dev data).
+        num_classes: when given, labels come one-hot (float32), as categorical cross-entropy
+            and mixup need; otherwise as the integers given.
+        mixup_alpha: as in `CachedViews`.
+        first_view: the augmenter's epoch for this dataset's epoch 0; phase 2 starts after the
+            K views phase 1 cached, so that every epoch it trains on is a view never seen.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augmenter, batch_size: int,
-                 *, seed: int, shuffle: bool = True):
+                 *, seed: int, shuffle: bool = True, num_classes: int | None = None,
+                 mixup_alpha: float = 0.0, first_view: int = 0):
         super().__init__()
+        if mixup_alpha and num_classes is None:
+            raise ValueError("mixup blends labels, so it needs one-hot labels: pass num_classes.")
         self.images, self.labels, self.augmenter = images, labels, augmenter
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.num_classes, self.mixup_alpha, self.first_view = num_classes, mixup_alpha, first_view
         self.epoch = 0
         self.order = self._order()
 
@@ -67,17 +87,43 @@ class AugmentedImages(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         indices = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
-        batch = self.augmenter(np.asarray(self.images[indices]), indices, self.epoch)
-        return batch.astype("float32"), self.labels[indices]
+        batch = self.augmenter(np.asarray(self.images[indices]), indices,
+                               self.first_view + self.epoch).astype("float32")
+        if self.num_classes is None:
+            return batch, self.labels[indices]
+        targets = np.eye(self.num_classes, dtype="float32")[self.labels[indices]]
+        if self.mixup_alpha and self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            batch, targets = mixup(batch, targets, self.mixup_alpha, rng)
+        return batch, targets
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self.order = self._order()
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draws epoch `epoch`'s order and views: a resumed run continues where the killed one
+        stopped."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = self._order()
 
     def _order(self) -> np.ndarray:
         if not self.shuffle:
             return np.arange(len(self.labels))
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.labels))
+
+
+def mixup(inputs: np.ndarray, targets: np.ndarray, alpha: float,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Blends each example of a batch with another one of it, inputs and one-hot targets alike
+    (Zhang et al. 2018); the weight from Beta(alpha, alpha), folded to at least 0.5 so every
+    example stays the larger part of its own blend."""
+    weight = rng.beta(alpha, alpha, len(inputs)).astype("float32")
+    weight = np.maximum(weight, 1 - weight)
+    partner = rng.permutation(len(inputs))
+    blend = weight.reshape((-1,) + (1,) * (inputs.ndim - 1))
+    return (blend * inputs + (1 - blend) * inputs[partner],
+            weight[:, None] * targets + (1 - weight[:, None]) * targets[partner])
 
 
 class CachedViews(keras.utils.PyDataset):
@@ -129,12 +175,7 @@ class CachedViews(keras.utils.PyDataset):
 
     def _mix(self, inputs: np.ndarray, targets: np.ndarray, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        weight = rng.beta(self.mixup_alpha, self.mixup_alpha, len(inputs)).astype("float32")
-        weight = np.maximum(weight, 1 - weight)
-        partner = rng.permutation(len(inputs))
-        blend = weight.reshape((-1,) + (1,) * (inputs.ndim - 1))
-        return (blend * inputs + (1 - blend) * inputs[partner],
-                weight[:, None] * targets + (1 - weight[:, None]) * targets[partner])
+        return mixup(inputs, targets, self.mixup_alpha, rng)
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

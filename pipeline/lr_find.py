@@ -57,47 +57,44 @@ def sweep(features: np.ndarray, labels: np.ndarray, num_classes: int, model: Mod
     """
     keras.utils.set_random_seed(training.seed)
     head = build_head(num_classes, features.shape[-1], model)
-    return _sweep_model(head, features, labels, num_classes, training, steps=steps, span=span)
+    data = CachedViews(features, labels, training.batch_size, seed=training.seed,
+                       num_classes=num_classes, mixup_alpha=training.mixup_alpha)
+    return _sweep_model(head, data, training, steps=steps, span=span)
 
 
-def sweep_fine_tune(top: keras.Model, head: keras.Model, activations: np.ndarray,
-                    labels: np.ndarray, training: TrainConfig, *, steps: int = FINE_TUNE_STEPS,
+def sweep_fine_tune(model: keras.Model, data, training: TrainConfig, *,
+                    steps: int = FINE_TUNE_STEPS,
                     span: tuple[float, float] = FINE_TUNE_SWEEP) -> dict:
-    """Phase 2's sweep: the unfrozen `top` blocks and the phase-1 `head` on cached block inputs
-    (K, N, height, width, channels), as `pipeline.train.fine_tune` trains them. The weights are
-    put back afterwards: the sweep only looks.
+    """Phase 2's sweep: `model` (the trainable part of the base and the phase-1 head,
+    `pipeline.train.Phase2.model`) on its training batches `data` (cached activations or
+    pixels augmented live), as phase 2 trains it. The weights are put back afterwards: the
+    sweep only looks.
 
     Returns:
-        As `sweep`.
+        As `sweep`, the suggestion by the "edge" rule (see `suggestions`).
     """
     keras.utils.set_random_seed(training.seed)
-    inputs = keras.Input(activations.shape[2:])
-    features = top(inputs, training=False)  # BatchNorm in inference mode, as in phase 2
-    outputs = head(keras.layers.GlobalAveragePooling2D()(features))
-    model = keras.Model(inputs, outputs, name="top_blocks_and_head")
     weights = model.get_weights()
     try:
-        return _sweep_model(model, activations, labels, head.output_shape[-1], training,
-                            steps=steps, span=span, rule="edge")
+        return _sweep_model(model, data, training, steps=steps, span=span, rule="edge")
     finally:
         model.set_weights(weights)
+        data.set_epoch(0)
 
 
-def _sweep_model(model: keras.Model, inputs: np.ndarray, labels: np.ndarray, num_classes: int,
-                 training: TrainConfig, *, steps: int, span: tuple[float, float],
-                 rule: str = "steepest") -> dict:
-    """Trains `model` on `inputs` (K cached views) with Adam, the rate growing exponentially
-    over `span` in `steps` steps, until the smoothed loss diverges."""
+def _sweep_model(model: keras.Model, data, training: TrainConfig, *, steps: int,
+                 span: tuple[float, float], rule: str = "steepest") -> dict:
+    """Trains `model` on batches of `data` (a PyDataset of (inputs, one-hot labels)) with
+    Adam, the rate growing exponentially over `span` in `steps` steps, until the smoothed loss
+    diverges."""
     optimizer = keras.optimizers.Adam(span[0], beta_1=training.adam_beta_1,
                                       beta_2=training.adam_beta_2)
     model.compile(optimizer=optimizer, loss="categorical_crossentropy")
-    data = CachedViews(inputs, labels, training.batch_size, seed=training.seed,
-                       num_classes=num_classes, mixup_alpha=training.mixup_alpha)
     rates = span[0] * (span[1] / span[0]) ** (np.arange(steps) / max(steps - 1, 1))
     losses, smoothed, average = [], [], 0.0
     for step, rate in enumerate(rates):
         if step and step % len(data) == 0:
-            data.on_epoch_end()
+            data.set_epoch(step // len(data))
         optimizer.learning_rate.assign(rate)
         loss = float(model.train_on_batch(*data[step % len(data)]))
         average = SMOOTHING * average + (1 - SMOOTHING) * loss
@@ -166,19 +163,22 @@ def resolve_head_learning_rate(training: TrainConfig, model: ModelConfig, featur
     return dataclasses.replace(training, head_learning_rate=rate)
 
 
-def resolve_fine_tune_learning_rate(training: TrainConfig, top: keras.Model, head: keras.Model,
-                                    activations: np.ndarray, labels: np.ndarray,
+def resolve_fine_tune_learning_rate(training: TrainConfig, model: keras.Model, data,
                                     run_dir: Path | None = None) -> TrainConfig:
     """`train.fine_tune_learning_rate: auto` replaced by phase 2's sweep's suggestion (printed;
-    the sweep and its plot saved as `lr_find_fine_tune.json`/`.png` in `run_dir`)."""
-    result = sweep_fine_tune(top, head, activations, labels, training)
+    the sweep and its plot saved as `lr_find_fine_tune.json`/`.png` in `run_dir`).
+
+    Args:
+        model, data: phase 2's model and training batches (`pipeline.train.Phase2`).
+    """
+    result = sweep_fine_tune(model, data, training)
     rate = result["suggested"]
-    print(f"train.fine_tune_learning_rate: auto -> {rate:.3g} (learning-rate finder on the "
-          f"top blocks, {len(result['losses'])} steps)")
+    print(f"train.fine_tune_learning_rate: auto -> {rate:.3g} (learning-rate finder on phase "
+          f"2's trainable part, {len(result['losses'])} steps)")
     if run_dir is not None:
         write_json(run_dir / "lr_find_fine_tune.json", result)
         plot(result, run_dir / "lr_find_fine_tune.png",
-             title="Learning-rate finder: the top blocks and the trained head")
+             title="Learning-rate finder: phase 2, from the trained head")
     return dataclasses.replace(training, fine_tune_learning_rate=rate)
 
 

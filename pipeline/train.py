@@ -2,9 +2,13 @@
 
 Phase 1 (`train_head`): the pretrained base is frozen, its features are cached for K augmented
 views of each training image, and a new softmax head is trained on the cache.
-Phase 2 (`fine_tune`): the top blocks of the base (where the backbone spec says) are unfrozen,
-BatchNorm layers stay frozen in inference mode, and top blocks + head are fine-tuned with a
-lower learning rate, again on cached inputs: the layers below the top blocks are still frozen.
+Phase 2: the base is unfrozen from `train.fine_tune_from` up (the backbone spec's top blocks by
+default, or a lower block boundary, or all of it), BatchNorm layers stay frozen in inference
+mode, and those layers + head are fine-tuned with a lower learning rate. It is fed one of two
+ways (`phase2_feeding`): `fine_tune` on cached activations where the trainable part begins
+(cheap: the frozen layers below never run again, but only the K fixed views), or
+`fine_tune_on_pixels` on images augmented live, a fresh view of every image each epoch (the
+whole base runs every step).
 
 Both phases use Adam with an exponential learning-rate decay, stop early when the dev loss (or
 the dev accuracy, if configured) stops improving, keeping the best weights, and keep a backup
@@ -18,6 +22,7 @@ import shutil
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -32,6 +37,8 @@ from pipeline.augment import (
     color_pca_for,
 )
 from pipeline.backbones import (
+    BackboneSpec,
+    boundary_index,
     create_backbone,
     freeze_backbone,
     get_backbone_spec,
@@ -41,7 +48,7 @@ from pipeline.backbones import (
 from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
 from pipeline.data.prepare import PreparedData, load_prepared
 from pipeline.features import FeatureCache, Forward, extract_features, make_forward
-from pipeline.inputs import CachedViews
+from pipeline.inputs import AugmentedImages, CachedViews
 from pipeline.litert import available_cpus
 from pipeline.model import adam_with_decay, assemble_classifier, build_head
 
@@ -89,14 +96,18 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         tf.config.experimental.enable_op_determinism()
     spec = get_backbone_spec(model.backbone)
     image_size = model_image_size(model, data.image_size)
-    base, bottom, top = frozen_base(model, image_size)
+    # Where phase 2 begins and how it is fed; the activations are cached at that point only
+    # when phase 2 reads them.
+    fine_tune_from = resolve_fine_tune_from(training.fine_tune_from, spec, data.labels("train"))
+    base, bottom, top = frozen_base(model, image_size, fine_tune_from)
+    feeding = phase2_feeding(training.phase2_input, base, spec, fine_tune_from)
     timings = {}
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
     train_cache, dev_cache, engine = _features_once(backup_dir / "features", lambda: cache_features(
         augment, model, training, data, run_dir, bottom, top,
-        keep_activations=training.fine_tune_epochs > 0))
+        keep_activations=training.fine_tune_epochs > 0 and feeding == "cached"))
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
     if training.head_learning_rate == "auto":
@@ -114,17 +125,28 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
     boundaries = [len(history.get("loss", []))]
 
     if training.fine_tune_epochs:
-        freeze_backbone(base, spec, unfreeze_top=True)
+        freeze_backbone(base, spec, unfreeze_top=True, fine_tune_from=fine_tune_from)
+        print(f"Phase 2 trains from {fine_tune_from} (layer "
+              f"{base.layers[boundary_index(base, spec, fine_tune_from)].name}) up, fed from "
+              f"{'cached activations' if feeding == 'cached' else 'pixels augmented live'} "
+              f"(phase2_feeding: {feeding}).")
         started = time.perf_counter()
+        phase2_logs = [tensorboard_logs(run_dir, "phase2")]
+        if feeding == "cached":
+            phase2 = cached_phase2(top, head, train_cache.activations, train_labels,
+                                   dev_cache.activations, dev_labels, training)
+        else:
+            train_augmenter, eval_augmenter = augmenters(augment, training, data, image_size)
+            phase2 = pixel_phase2(base, head, data.images("train"), train_labels,
+                                  data.images("dev"), dev_labels, train_augmenter,
+                                  eval_augmenter, training)
         if training.fine_tune_learning_rate == "auto":
             from pipeline.lr_find import resolve_fine_tune_learning_rate
 
-            training = resolve_fine_tune_learning_rate(training, top, head,
-                                                       train_cache.activations, train_labels,
-                                                       run_dir)
-        history2 = fine_tune(top, head, train_cache.activations, train_labels,
-                             dev_cache.activations, dev_labels, training, backup_dir / "phase2",
-                             callbacks=[tensorboard_logs(run_dir, "phase2")])
+            training = resolve_fine_tune_learning_rate(training, phase2.model,
+                                                       phase2.train_data, run_dir)
+        history2 = fit_phase2(phase2, train_labels, training, backup_dir / "phase2",
+                              callbacks=phase2_logs)
         timings["phase2_fine_tune_s"] = time.perf_counter() - started
         for key, values in history2.items():
             history.setdefault(key, []).extend(values)
@@ -135,7 +157,9 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         classifier.save(path)
     result = {"history": history, "timings": timings, "phase_boundaries": boundaries,
               "head_learning_rate": training.head_learning_rate,
-              "fine_tune_learning_rate": training.fine_tune_learning_rate, "image_size": image_size,
+              "fine_tune_learning_rate": training.fine_tune_learning_rate,
+              "image_size": image_size, "fine_tune_from": fine_tune_from,
+              "phase2_feeding": feeding,
               "extraction_engine": engine["engine"], "extraction_precision": engine["precision"]}
     write_json(run_dir / "train_history.json", result)
     shutil.rmtree(backup_dir, ignore_errors=True)  # done: nothing left to resume
@@ -264,9 +288,10 @@ def _generator_states(model: keras.Model) -> list:
     return [variable for variable in model.variables if "seed_generator_state" in variable.path]
 
 
-def frozen_base(model: ModelConfig,
-                image_size: int) -> tuple[keras.Model, keras.Model, keras.Model]:
-    """The config's backbone with pretrained weights, frozen, and cut where its top blocks begin.
+def frozen_base(model: ModelConfig, image_size: int,
+                fine_tune_from: str = "top") -> tuple[keras.Model, keras.Model, keras.Model]:
+    """The config's backbone with pretrained weights, frozen, and cut where phase 2 begins
+    (`fine_tune_from`: "top", a block boundary of the spec, or "all").
 
     Returns:
         (base, bottom, top) from `create_backbone` and `split_backbone`; they share weights.
@@ -274,7 +299,57 @@ def frozen_base(model: ModelConfig,
     spec = get_backbone_spec(model.backbone)
     base = create_backbone(spec.name, weights=model.weights, image_size=image_size)
     freeze_backbone(base, spec, unfreeze_top=False)
-    return base, *split_backbone(base, spec)
+    return base, *split_backbone(base, spec, fine_tune_from)
+
+
+# `train.fine_tune_from: auto`: (fewest training images per class, steps below "top") from the
+# measurements in the README's "How deep to fine-tune"; the first row whose bound the data
+# reaches wins. A step is one block boundary below the top blocks (Lite0: block5a, block4a),
+# then "all".
+AUTO_DEPTH = ((1000, 1), (0, 0))
+
+
+def resolve_fine_tune_from(fine_tune_from: str, spec: BackboneSpec, labels: np.ndarray) -> str:
+    """`train.fine_tune_from`, with "auto" replaced by a point chosen by the number of training
+    images per class (the smallest class counts): deeper with more data, by `AUTO_DEPTH`."""
+    if fine_tune_from != "auto":
+        return fine_tune_from
+    counts = np.bincount(labels)
+    per_class = int(counts[counts > 0].min()) if len(labels) else 0
+    steps = next(steps for bound, steps in AUTO_DEPTH if per_class >= bound)
+    below_top = [name for name in reversed(spec.boundaries)
+                 if spec.boundaries[name] != spec.unfreeze_from]
+    depths = ["top", *below_top, "all"]
+    chosen = depths[min(steps, len(depths) - 1)]
+    print(f"train.fine_tune_from=auto: {per_class} training images in the smallest class, so "
+          f"phase 2 trains from {chosen}.")
+    return chosen
+
+
+def phase2_feeding(phase2_input: str, base: keras.Model, spec: BackboneSpec,
+                   fine_tune_from: str) -> str:
+    """"cached" or "pixels": `train.phase2_input`, or for "auto" cached when phase 2 begins at
+    or above the spec's top blocks (its layers below are frozen, so their output can be cached
+    like phase 1's) and pixels when it begins lower (where fresh views are worth running the
+    whole base every step)."""
+    if phase2_input != "auto":
+        return phase2_input
+    at_or_above = boundary_index(base, spec, fine_tune_from) >= boundary_index(base, spec, "top")
+    return "cached" if at_or_above else "pixels"
+
+
+def augmenters(augment: AugmentConfig, training: TrainConfig, data: PreparedData,
+               image_size: int, *, run_dir: Path | None = None
+               ) -> tuple[BatchAugmenter, BatchAugmenter]:
+    """(train, eval) batch augmenters of the config: the chain at the model's input size (with
+    the PCA colour shift fitted on train, if the chain uses it, and saved as
+    `run_dir/color_pca.json` when `run_dir` is given), and the plain resize."""
+    color_pca = color_pca_for(augment.chain, data.images("train"), seed=training.seed)
+    if color_pca is not None and run_dir is not None:
+        color_pca.save(run_dir / "color_pca.json")
+    train_transform = build_train_transform(augment.chain, image_size, color_pca=color_pca)
+    return (BatchAugmenter(train_transform, seed=training.seed),
+            BatchAugmenter(build_eval_transform(image_size), seed=training.seed))
 
 
 def cache_features(augment: AugmentConfig, model: ModelConfig, training: TrainConfig,
@@ -287,12 +362,8 @@ def cache_features(augment: AugmentConfig, model: ModelConfig, training: TrainCo
         the way, if the chain uses it, is saved as `run_dir/color_pca.json`.
     """
     image_size = model_image_size(model, data.image_size)
-    color_pca = color_pca_for(augment.chain, data.images("train"), seed=training.seed)
-    if color_pca is not None:
-        color_pca.save(run_dir / "color_pca.json")
-    train_transform = build_train_transform(augment.chain, image_size, color_pca=color_pca)
-    train_augmenter = BatchAugmenter(train_transform, seed=training.seed)
-    eval_augmenter = BatchAugmenter(build_eval_transform(image_size), seed=training.seed)
+    train_augmenter, eval_augmenter = augmenters(augment, training, data, image_size,
+                                                 run_dir=run_dir)
     engine = training.extraction_engine
     if engine == "auto":
         engine = get_backbone_spec(model.backbone).extraction_engine
@@ -325,39 +396,107 @@ def train_head(head: keras.Model, train_features: np.ndarray, train_labels: np.n
 
     `callbacks` run beside early stopping and the backup (e.g. to time each epoch).
     """
-    return _fit(head, train_features, train_labels, dev_features, dev_labels, config,
+    train_data, dev_data = cached_datasets(train_features, train_labels, dev_features,
+                                           dev_labels, config,
+                                           num_classes=head.output_shape[-1])
+    return _fit(head, train_data, dev_data, train_labels, config,
                 learning_rate=config.head_learning_rate, epochs=config.head_epochs,
                 backup_dir=backup_dir, phase="phase 1 (head on cached features)",
                 steps_per_execution=HEAD_STEPS_PER_EXECUTION, callbacks=callbacks)
+
+
+@dataclass
+class Phase2:
+    """What phase 2 fits, fed one of its two ways: the model and its train and dev batches."""
+
+    model: keras.Model
+    train_data: CachedViews | AugmentedImages
+    dev_data: CachedViews | AugmentedImages
+    description: str
+
+
+def cached_phase2(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
+                  train_labels: np.ndarray, dev_activations: np.ndarray, dev_labels: np.ndarray,
+                  config: TrainConfig) -> Phase2:
+    """Phase 2 on cached activations: the unfrozen part of the base (`top`, from
+    `split_backbone` at the cache point) and the head, on the K cached views."""
+    model = phase2_model(top, head, train_activations.shape[2:], name="top_blocks_and_head")
+    train_data, dev_data = cached_datasets(train_activations, train_labels, dev_activations,
+                                           dev_labels, config,
+                                           num_classes=model.output_shape[-1])
+    return Phase2(model, train_data, dev_data, "phase 2 (fine-tune on cached activations)")
+
+
+def pixel_phase2(base: keras.Model, head: keras.Model, train_images: np.ndarray,
+                 train_labels: np.ndarray, dev_images: np.ndarray, dev_labels: np.ndarray,
+                 train_augmenter, eval_augmenter, config: TrainConfig) -> Phase2:
+    """Phase 2 on pixels: the unfrozen part of `base` (see `freeze_backbone`) and the head, on
+    images augmented live, a fresh view of every image each epoch.
+
+    Args:
+        train_images, dev_images: uint8 images as the data stage stored them.
+        train_augmenter: makes each epoch's views (`BatchAugmenter`); its epochs start after
+            the `config.cached_views` that phase 1 trained on.
+        eval_augmenter: the plain resize, for dev.
+    """
+    model = phase2_model(base, head, base.input_shape[1:], name="base_and_head")
+    classes = model.output_shape[-1]
+    train_data = AugmentedImages(train_images, train_labels, train_augmenter, config.batch_size,
+                                 seed=config.seed, num_classes=classes,
+                                 mixup_alpha=config.mixup_alpha, first_view=config.cached_views)
+    dev_data = AugmentedImages(dev_images, dev_labels, eval_augmenter, config.batch_size * 4,
+                               seed=config.seed, shuffle=False, num_classes=classes)
+    return Phase2(model, train_data, dev_data, "phase 2 (fine-tune on pixels augmented live)")
+
+
+def fit_phase2(phase2: Phase2, train_labels: np.ndarray, config: TrainConfig, backup_dir: Path,
+               *, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Fits phase 2 at `train.fine_tune_learning_rate` (a number: "auto" is resolved before);
+    `callbacks` run beside early stopping and the backup."""
+    return _fit(phase2.model, phase2.train_data, phase2.dev_data, train_labels, config,
+                learning_rate=config.fine_tune_learning_rate, epochs=config.fine_tune_epochs,
+                backup_dir=backup_dir, phase=phase2.description, callbacks=callbacks)
 
 
 def fine_tune(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
               train_labels: np.ndarray, dev_activations: np.ndarray, dev_labels: np.ndarray,
               config: TrainConfig, backup_dir: Path, *,
               callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
-    """Phase 2: fine-tunes the unfrozen top blocks and the head on cached block inputs.
+    """Phase 2 on cached activations (`cached_phase2`), fitted."""
+    return fit_phase2(cached_phase2(top, head, train_activations, train_labels,
+                                    dev_activations, dev_labels, config),
+                      train_labels, config, backup_dir, callbacks=callbacks)
 
-    `callbacks` run beside early stopping and the backup.
-    """
-    inputs = keras.Input(train_activations.shape[2:])
-    features = top(inputs, training=False)  # BatchNorm stays in inference mode
+
+def fine_tune_on_pixels(base: keras.Model, head: keras.Model, train_images: np.ndarray,
+                        train_labels: np.ndarray, dev_images: np.ndarray,
+                        dev_labels: np.ndarray, train_augmenter, eval_augmenter,
+                        config: TrainConfig, backup_dir: Path, *,
+                        callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+    """Phase 2 on pixels augmented live (`pixel_phase2`), fitted."""
+    return fit_phase2(pixel_phase2(base, head, train_images, train_labels, dev_images,
+                                   dev_labels, train_augmenter, eval_augmenter, config),
+                      train_labels, config, backup_dir, callbacks=callbacks)
+
+
+def phase2_model(trainable_part: keras.Model, head: keras.Model, input_shape: tuple,
+                 *, name: str) -> keras.Model:
+    """`trainable_part` -> global average pooling -> `head`, the model phase 2 fits whichever
+    way it is fed. The part runs with training=False, so its BatchNorm layers normalise with
+    their moving statistics while the weights around them train (see the README's
+    measurement)."""
+    inputs = keras.Input(input_shape)
+    features = trainable_part(inputs, training=False)  # BatchNorm stays in inference mode
     outputs = head(keras.layers.GlobalAveragePooling2D()(features))
-    model = keras.Model(inputs, outputs, name="top_blocks_and_head")
-    return _fit(model, train_activations, train_labels, dev_activations, dev_labels, config,
-                learning_rate=config.fine_tune_learning_rate, epochs=config.fine_tune_epochs,
-                backup_dir=backup_dir, phase="phase 2 (fine-tune top blocks)",
-                callbacks=callbacks)
+    return keras.Model(inputs, outputs, name=name)
 
 
-def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
-         dev_views: np.ndarray, dev_labels: np.ndarray, config: TrainConfig, *,
-         learning_rate: float, epochs: int, backup_dir: Path, phase: str,
-         steps_per_execution: int = 1,
+def _fit(model: keras.Model, train_data, dev_data, train_labels: np.ndarray,
+         config: TrainConfig, *, learning_rate: float, epochs: int, backup_dir: Path,
+         phase: str, steps_per_execution: int = 1,
          callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
-    """Compiles (after every change of `trainable`) and fits with early stopping, backup and
-    the caller's `callbacks`."""
-    train_data, dev_data = cached_datasets(train_views, train_labels, dev_views, dev_labels,
-                                           config, num_classes=model.output_shape[-1])
+    """Compiles (after every change of `trainable`) and fits over `train_data` (a PyDataset
+    with `set_epoch`) with early stopping, backup and the caller's `callbacks`."""
     compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
                   config=config, steps_per_execution=steps_per_execution)
     # The early-stopping state is saved before the backup each epoch (see ResumableEarlyStopping)
@@ -368,7 +507,7 @@ def _fit(model: keras.Model, train_views: np.ndarray, train_labels: np.ndarray,
                  *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
-    # CachedViews shuffles the examples with its own seeded generator; Keras' own shuffle of
+    # The datasets shuffle the examples with their own seeded generators; Keras' own shuffle of
     # the batch order would draw from a process-wide generator that a resumed run cannot replay
     model.fit(train_data, validation_data=dev_data, epochs=epochs, callbacks=callbacks,
               class_weight=class_weights(train_labels, config), shuffle=False,
@@ -547,5 +686,8 @@ def load_history(run_dir: Path) -> dict:
 
 
 __all__ = ["train_stage", "train", "train_head", "HEAD_STEPS_PER_EXECUTION", "fine_tune",
+           "fine_tune_on_pixels", "phase2_model", "phase2_feeding", "resolve_fine_tune_from",
+           "AUTO_DEPTH",
+           "augmenters",
            "class_weights", "frozen_base", "cache_features",
            "cached_datasets", "compile_model", "early_stopping", "FeatureCache", "load_history"]

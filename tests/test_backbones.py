@@ -15,8 +15,10 @@ from PIL import Image
 from pipeline.backbones import (
     BACKBONES,
     ImagePreprocessing,
+    check_fine_tune_from,
     create_backbone,
     efficientnet_lite0,
+    fine_tune_points,
     freeze_backbone,
     get_backbone_spec,
     list_backbones,
@@ -127,19 +129,58 @@ def test_phase2_fit_trains_only_the_top_and_keeps_batch_norm(backbone):
     assert changed <= top - batch_norms
 
 
-def test_split_composes_to_the_base(backbone):
+@pytest.fixture(scope="module")
+def base_outputs(backbone):
+    """Random pixels and the whole base's output on them, once per backbone."""
     spec, base = backbone
-    bottom, top = split_backbone(base, spec)
-    # Exactly one tensor crosses the cut: the two halves partition the base's layers.
+    pixels = _random_pixels(spec.min_image_size, seed=2)
+    return pixels, keras.ops.convert_to_numpy(base(pixels, training=False))
+
+
+@pytest.mark.parametrize("depth", range(5))  # the most points a registered backbone has
+def test_every_fine_tune_point_splits_the_base_and_unfreezes_exactly_above_it(
+        backbone, base_outputs, depth):
+    spec, base = backbone
+    points = fine_tune_points(spec.name)
+    if depth >= len(points):
+        pytest.skip(f"{spec.name} has {len(points)} fine-tune points")
+    point = points[depth]
+    bottom, top = split_backbone(base, spec, point)
     bottom_layers = {id(layer) for layer in bottom.layers}
     top_layers = {id(layer) for layer in top.layers[1:]}  # [0] is the cut's input layer
     assert bottom_layers | top_layers == {id(layer) for layer in base.layers}
     assert not bottom_layers & top_layers
-    pixels = _random_pixels(spec.min_image_size, seed=1)
-    expected = base(pixels, training=False)
+    pixels, expected = base_outputs
     composed = top(bottom(pixels, training=False), training=False)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(composed),
-                               keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(composed), expected,
+                               rtol=1e-4, atol=1e-4)
+
+    freeze_backbone(base, spec, unfreeze_top=True, fine_tune_from=point)
+    try:
+        trainable = {id(layer) for layer in base.layers if layer.trainable and layer.weights}
+        expected_trainable = {id(layer) for layer in top.layers[1:] if layer.weights and
+                              not isinstance(layer, keras.layers.BatchNormalization)}
+        assert trainable == expected_trainable
+        assert expected_trainable
+    finally:
+        freeze_backbone(base, spec, unfreeze_top=False)
+
+
+def test_fine_tune_points_go_deeper_down_the_list(backbone):
+    spec, base = backbone
+    sizes = [len(split_backbone(base, spec, point)[1].layers)
+             for point in fine_tune_points(spec.name)]
+    assert sizes == sorted(sizes)  # "top" is also the name of the highest boundary
+    assert len(set(sizes)) == len(sizes) - 1
+
+
+def test_an_unknown_fine_tune_point_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"block4a, all\. Received: 'block9z'") as error:
+        check_fine_tune_from("efficientnet_lite0", "block9z")
+    assert "auto, top, block6a, block5a" in str(error.value)
+    check_fine_tune_from("resnet50", "conv3")  # each backbone has its own names
+    with pytest.raises(ValueError, match="conv3"):
+        check_fine_tune_from("efficientnet_lite0", "conv3")
 
 
 # ---------------------------------------------------------------- registry errors and weights

@@ -119,6 +119,27 @@ def test_augmented_images_are_reproducible_and_unshuffled_on_request():
     np.testing.assert_array_equal(_epoch(in_order)[1], np.arange(9))
 
 
+def test_augmented_images_resume_at_any_epoch_with_its_views_one_hot_labels_and_mixup():
+    images, labels = _numbered_images(10), np.arange(10) % 3
+    walked = AugmentedImages(images, labels, RecordingAugmenter(), 4, seed=5, num_classes=3,
+                             mixup_alpha=0.4, first_view=1)
+    walked.on_epoch_end()
+    resumed = AugmentedImages(images, labels, RecordingAugmenter(), 4, seed=5, num_classes=3,
+                              mixup_alpha=0.4, first_view=1)
+    resumed.set_epoch(1)  # as a run killed after epoch 0 starts again
+    for (inputs, targets), (expected_inputs, expected_targets) in zip(
+            (resumed[i] for i in range(3)), (walked[i] for i in range(3)), strict=True):
+        np.testing.assert_array_equal(inputs, expected_inputs)
+        np.testing.assert_array_equal(targets, expected_targets)
+    assert {epoch for _, epoch in resumed.augmenter.calls} == {2}  # first_view + epoch
+    assert targets.shape == (2, 3)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    assert (targets.max(axis=1) < 1).any()  # mixed
+    plain = AugmentedImages(images, labels, RecordingAugmenter(), 4, seed=5, num_classes=3,
+                            shuffle=False)
+    np.testing.assert_array_equal(_epoch(plain)[1], np.eye(3)[labels])
+
+
 # CachedViews
 
 

@@ -84,6 +84,8 @@ def test_fine_tune_sweep_trains_top_and_head_then_puts_their_weights_back(tmp_pa
     divergence, and leaves both as they were (auto then trains from there)."""
     import keras
 
+    from pipeline.train import cached_phase2
+
     features, labels = separable(count=256)
     activations = np.tile(features[:, :, None, None, :], (1, 1, 3, 3, 1))  # (1, N, 3, 3, 8)
     keras.utils.set_random_seed(0)
@@ -92,13 +94,14 @@ def test_fine_tune_sweep_trains_top_and_head_then_puts_their_weights_back(tmp_pa
     head = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="softmax")])
     before = [weight.copy() for weight in top.get_weights() + head.get_weights()]
     config = load_config(None, ["train.batch_size=32", "train.fine_tune_learning_rate=auto"])
-    result = sweep_fine_tune(top, head, activations, labels, config.train, steps=80,
+    phase2 = cached_phase2(top, head, activations, labels, activations, labels, config.train)
+    result = sweep_fine_tune(phase2.model, phase2.train_data, config.train, steps=80,
                              span=(1e-5, 1e2))
     smoothed = np.array(result["smoothed"])
     assert smoothed.min() < 0.7 * smoothed[0] and len(smoothed) < 80
     for old, new in zip(before, top.get_weights() + head.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
-    resolved = resolve_fine_tune_learning_rate(config.train, top, head, activations, labels,
+    resolved = resolve_fine_tune_learning_rate(config.train, phase2.model, phase2.train_data,
                                                tmp_path)
     assert isinstance(resolved.fine_tune_learning_rate, float)
     assert 1e-7 < resolved.fine_tune_learning_rate < 1e-1

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import pipeline.backbones  # noqa: F401  (registers the layers model.keras holds)
 from pipeline.model import load_classifier
@@ -26,14 +27,14 @@ RESUMABLE = ["model.weights=none", "model.image_size=32", "train.batch_size=16",
              "augment.chain=light", "name=tiny"]
 
 
-def pipeline(command: str, data: Path, runs: Path) -> list[str]:
+def pipeline(command: str, data: Path, runs: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", command, "--config", "configs/default.yaml",
-            *RESUMABLE, f"data.path={data}", f"runs_dir={runs}"]
+            *RESUMABLE, f"data.path={data}", f"runs_dir={runs}", *extra]
 
 
-def run(command: str, data: Path, runs: Path) -> str:
-    result = subprocess.run(pipeline(command, data, runs), cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+def run(command: str, data: Path, runs: Path, *extra: str) -> str:
+    result = subprocess.run(pipeline(command, data, runs, *extra), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -57,20 +58,28 @@ def kill_when(process: subprocess.Popen, pattern: str, runs: Path, timeout: floa
     process.wait()
 
 
-def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(tiny_fashion_mnist, tmp_path):
+# Phase 2 fed from cached activations (the default depth) and from pixels augmented live (a
+# fresh view each epoch: the resumed epochs must draw the views the killed run would have;
+# about 1.4x the cached run's time, so it runs with `make test-slow`).
+@pytest.mark.parametrize("depth", [
+    pytest.param([], id="cached"),
+    pytest.param(["train.fine_tune_from=block5a"], id="pixels", marks=pytest.mark.slow)])
+def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(tiny_fashion_mnist, tmp_path,
+                                                              depth):
     data = tiny_fashion_mnist
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run("data", data, whole)
-    run("train", data, whole)
+    run("train", data, whole, *depth)
 
     run("data", data, killed)
-    process = subprocess.Popen(pipeline("train", data, killed), cwd=ROOT,
+    process = subprocess.Popen(pipeline("train", data, killed, *depth), cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_when(process, "tiny/backup/*/phase2/checkpoint/training_metadata.json", killed)
     assert process.returncode == -signal.SIGKILL, "the run ended before phase 2 saved an epoch"
     assert not (killed / "tiny" / "model.keras").exists()
 
-    output = run("train", data, killed)
+    output = run("train", data, killed, *depth)
+    assert f"phase2_feeding: {'pixels' if depth else 'cached'}" in output
     assert "Reusing the features cached before an interruption" in output
     assert "Phase 1 finished before the interruption: reusing its head." in output
     assert "Resuming at epoch" in output
@@ -79,4 +88,6 @@ def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(tiny_fashion_mnist,
     # every epoch's train and dev metrics too: the epochs after the kill saw the same batches
     # (the kept weights alone may be those of a best epoch from before the kill)
     assert history(killed) == history(whole)
+    recorded = json.loads((killed / "tiny" / "train_history.json").read_text())
+    assert recorded["phase2_feeding"] == ("pixels" if depth else "cached")
     assert not any((killed / "tiny" / "backup").iterdir())  # nothing left to resume

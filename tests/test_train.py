@@ -138,3 +138,100 @@ def test_a_damaged_backup_part_is_discarded_with_every_part_after_it(
     kept = {"features", "phase1_done", "phase2", "phase2_state"} - discarded
     assert {path.name for path in backup.iterdir()} == kept
     assert "is damaged" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- phase 2: depth and feeding
+
+
+def _phase2_parts(fine_tune_from: str, image_size: int = 32):
+    """The Lite0 base with its ImageNet weights (offline; random weights would map every
+    image to nearly the same output, and hide a difference in the input), cut at
+    `fine_tune_from` and unfrozen from there, and a head without dropout."""
+    from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec
+
+    keras.utils.set_random_seed(0)
+    spec = get_backbone_spec("efficientnet_lite0")
+    base = create_backbone(spec.name, weights="imagenet", image_size=image_size)
+    freeze_backbone(base, spec, unfreeze_top=False)
+    bottom, top = train.split_backbone(base, spec, fine_tune_from)
+    freeze_backbone(base, spec, unfreeze_top=True, fine_tune_from=fine_tune_from)
+    head = build_head(3, base.output.shape[-1], ModelConfig(dropout=0.0))
+    return spec, base, bottom, top, head
+
+
+@pytest.mark.parametrize("fine_tune_from", ["top", "block5a"])
+def test_pixel_fed_and_cached_phase_2_compute_the_same_loss_on_the_same_batch(fine_tune_from):
+    from pipeline.augment import BatchAugmenter, build_eval_transform
+    from pipeline.features import extract_features, make_forward
+    from pipeline.inputs import AugmentedImages
+
+    spec, base, bottom, top, head = _phase2_parts(fine_tune_from)
+    images = np.random.default_rng(1).integers(0, 256, (8, 28, 28, 3), dtype=np.uint8)
+    labels = np.arange(8) % 3
+    plain = BatchAugmenter(build_eval_transform(32), seed=0)  # no augmentation: a resize
+    # the cached path as train feeds it: the product's forward pass and float16 cache
+    cache = extract_features(make_forward(bottom, top, batch_size=8), images, plain, views=1,
+                             keep_activations=True, description="test")
+    cached_inputs, targets = train.CachedViews(cache.activations, labels, 8, seed=0,
+                                               shuffle=False, num_classes=3)[0]
+    pixel_inputs, pixel_targets = AugmentedImages(images, labels, plain, 8, seed=0,
+                                                  shuffle=False, num_classes=3)[0]
+    np.testing.assert_array_equal(pixel_targets, targets)
+    losses = []
+    for model, inputs in ((train.phase2_model(top, head, cached_inputs.shape[1:], name="c"),
+                           cached_inputs),
+                          (train.phase2_model(base, head, pixel_inputs.shape[1:], name="p"),
+                           pixel_inputs)):
+        # training=True, as fit calls it: BatchNorm must still use its moving statistics
+        probabilities = model(inputs, training=True)
+        losses.append(float(keras.ops.mean(keras.losses.categorical_crossentropy(
+            targets, probabilities))))
+    # The cache holds float16 activations: the losses agree to its round-off (4e-6 measured),
+    # while pixels one grey level off already move the loss by 1e-4.
+    assert losses[0] == pytest.approx(losses[1], rel=3e-5)
+
+
+def test_batch_norm_in_training_mode_would_change_the_loss():
+    """The test above can fail: the same comparison with BatchNorm in training mode does."""
+    spec, base, bottom, top, head = _phase2_parts("top")
+    pixels = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    inference = head(keras.layers.GlobalAveragePooling2D()(base(pixels, training=False)))
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = True
+    batch_stats = head(keras.layers.GlobalAveragePooling2D()(base(pixels, training=True)))
+    assert not np.allclose(keras.ops.convert_to_numpy(inference),
+                           keras.ops.convert_to_numpy(batch_stats), rtol=2e-3)
+
+
+def test_phase2_feeding_follows_the_depth_unless_forced():
+    spec, base, *_ = _phase2_parts("top")
+    assert train.phase2_feeding("auto", base, spec, "top") == "cached"
+    assert train.phase2_feeding("auto", base, spec, "block6a") == "cached"
+    assert train.phase2_feeding("auto", base, spec, "block5a") == "pixels"
+    assert train.phase2_feeding("auto", base, spec, "all") == "pixels"
+    assert train.phase2_feeding("pixels", base, spec, "top") == "pixels"
+    assert train.phase2_feeding("cached", base, spec, "block4a") == "cached"
+
+
+def test_auto_depth_goes_deeper_with_more_images_per_class(capsys):
+    from pipeline.backbones import get_backbone_spec
+
+    spec = get_backbone_spec("efficientnet_lite0")
+    few = np.repeat(np.arange(5), 40)
+    many = np.repeat(np.arange(10), max(bound for bound, _ in train.AUTO_DEPTH))
+    shallow = train.resolve_fine_tune_from("auto", spec, few)
+    deep = train.resolve_fine_tune_from("auto", spec, many)
+    base = train.create_backbone(spec.name, weights=None, image_size=32)
+    assert (train.boundary_index(base, spec, deep) < train.boundary_index(base, spec, shallow))
+    assert "smallest class" in capsys.readouterr().out
+    assert train.resolve_fine_tune_from("block4a", spec, few) == "block4a"
+
+
+def test_an_unknown_fine_tune_point_is_a_config_error_naming_the_backbones_points():
+    with pytest.raises(ConfigError, match="train.fine_tune_from.*efficientnet_lite0.*block5a"):
+        load_config(None, ["train.fine_tune_from=conv4"])
+    assert load_config(None, ["model.backbone=resnet50",
+                              "train.fine_tune_from=conv4"]).train.fine_tune_from == "conv4"
+    with pytest.raises(ConfigError, match="cached, pixels"):
+        load_config(None, ["train.phase2_input=live"])

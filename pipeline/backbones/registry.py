@@ -40,7 +40,11 @@ class BackboneSpec:
         min_image_size: smallest input the architecture accepts.
         max_image_size: largest input this pipeline allows.
         preprocessing: the `ImagePreprocessing` mode: "caffe", "tf", "torch", "lite" or "raw".
-        unfreeze_from: first layer of the top blocks that phase 2 fine-tunes.
+        unfreeze_from: first layer of the top blocks that phase 2 fine-tunes by default
+            (`train.fine_tune_from: top`), and where phase 2's activations are cached.
+        boundaries: block boundaries phase 2 may start at (`train.fine_tune_from`), from the
+            lowest to the highest: {boundary name: first layer of that block}. Each is a
+            point where a single tensor crosses, so `split_backbone` can cut there.
         offline_weights: True when the ImageNet weights need no network.
         extraction_engine: the faster engine for the frozen forward pass on a CPU,
             "litert" or "tensorflow". Measured on 2 x86 cores at 160 px, LiteRT (batches of
@@ -56,6 +60,7 @@ class BackboneSpec:
     max_image_size: int
     preprocessing: str
     unfreeze_from: str
+    boundaries: dict[str, str]
     offline_weights: bool
     extraction_engine: str
 
@@ -73,6 +78,8 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="caffe",
         unfreeze_from="conv5_block1_1_conv",
+        boundaries={"conv3": "conv3_block1_1_conv", "conv4": "conv4_block1_1_conv",
+                    "conv5": "conv5_block1_1_conv"},
         offline_weights=False,
         extraction_engine="tensorflow",
     ),
@@ -84,6 +91,8 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="tf",
         unfreeze_from="conv5_block1_preact_bn",
+        boundaries={"conv3": "conv3_block1_preact_bn", "conv4": "conv4_block1_preact_bn",
+                    "conv5": "conv5_block1_preact_bn"},
         offline_weights=False,
         extraction_engine="tensorflow",
     ),
@@ -95,6 +104,8 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="caffe",
         unfreeze_from="conv5_block1_1_conv",
+        boundaries={"conv3": "conv3_block1_1_conv", "conv4": "conv4_block1_1_conv",
+                    "conv5": "conv5_block1_1_conv"},
         offline_weights=False,
         extraction_engine="tensorflow",
     ),
@@ -106,6 +117,7 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="tf",
         unfreeze_from="conv2d_80",  # the first layer of mixed9
+        boundaries={"mixed7": "conv2d_64", "mixed8": "conv2d_72", "mixed9": "conv2d_80"},
         offline_weights=False,
         extraction_engine="tensorflow",
     ),
@@ -117,6 +129,7 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="tf",
         unfreeze_from="conv2d_164",  # the first layer of block8_1
+        boundaries={"mixed_6a": "conv2d_73", "mixed_7a": "conv2d_160", "block8": "conv2d_164"},
         offline_weights=False,
         extraction_engine="tensorflow",
     ),
@@ -128,6 +141,8 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="tf",
         unfreeze_from="block_13_expand",
+        boundaries={"block_6": "block_6_expand", "block_10": "block_10_expand",
+                    "block_13": "block_13_expand"},
         offline_weights=False,
         extraction_engine="litert",
     ),
@@ -139,6 +154,8 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="raw",
         unfreeze_from="block6a_expand_conv",
+        boundaries={"block4a": "block4a_expand_conv", "block5a": "block5a_expand_conv",
+                    "block6a": "block6a_expand_conv"},
         offline_weights=False,
         extraction_engine="litert",
     ),
@@ -150,6 +167,8 @@ BACKBONES = {
         max_image_size=512,
         preprocessing="lite",
         unfreeze_from="block6a_expand_conv",
+        boundaries={"block4a": "block4a_expand_conv", "block5a": "block5a_expand_conv",
+                    "block6a": "block6a_expand_conv"},
         offline_weights=True,
         extraction_engine="litert",
     ),
@@ -450,23 +469,58 @@ def _snake_case(class_name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def freeze_backbone(base: keras.Model, spec: BackboneSpec, *, unfreeze_top: bool) -> None:
+def fine_tune_points(name: str) -> list[str]:
+    """The values `train.fine_tune_from` takes for a backbone, from the shallowest phase 2 to
+    the deepest: "top" (the spec's `unfreeze_from`), its block boundaries from the highest
+    down, and "all" (every layer after the preprocessing); "auto" chooses one by the data."""
+    return ["top", *reversed(get_backbone_spec(name).boundaries), "all"]
+
+
+def check_fine_tune_from(name: str, fine_tune_from: str) -> None:
+    """Raises a ConfigError naming the valid values when `fine_tune_from` is not one of
+    `fine_tune_points(name)` or "auto"."""
+    valid = ["auto", *fine_tune_points(name)]
+    if fine_tune_from not in valid:
+        raise ConfigError(f"Config key 'train.fine_tune_from': backbone '{name}' can fine-tune "
+                          f"from one of: {', '.join(valid)}. Received: {fine_tune_from!r}.")
+
+
+def boundary_index(base: keras.Model, spec: BackboneSpec, fine_tune_from: str = "top") -> int:
+    """The index in `base.layers` of the first layer phase 2 trains from `fine_tune_from`
+    (a value of `fine_tune_points`, not "auto"); every layer from there up lies above the cut.
+
+    Raises:
+        ConfigError: an unknown point for this backbone.
+        ValueError: if `base` lacks the layer the spec names.
+    """
+    if fine_tune_from == "all":
+        return _layer_index(base, "preprocessing") + 1
+    check_fine_tune_from(spec.name, fine_tune_from)
+    if fine_tune_from == "auto":
+        raise ValueError("'auto' must be resolved to a point before the base is cut.")
+    layer = spec.unfreeze_from if fine_tune_from == "top" else spec.boundaries[fine_tune_from]
+    return _layer_index(base, layer)
+
+
+def freeze_backbone(base: keras.Model, spec: BackboneSpec, *, unfreeze_top: bool,
+                    fine_tune_from: str = "top") -> None:
     """Sets which layers of a base train; BatchNorm never does.
 
     Args:
         base: a model from `create_backbone(spec.name)`.
         spec: its spec.
         unfreeze_top: False freezes everything (phase 1). True makes the layers from
-            `spec.unfreeze_from` to the output trainable (phase 2), except BatchNormalization,
+            `fine_tune_from` to the output trainable (phase 2), except BatchNormalization,
             which stays frozen and therefore in inference mode (Keras 3 runs a frozen
             BatchNormalization with its moving statistics even when `training=True`).
+        fine_tune_from: "top" (the spec's `unfreeze_from`), one of `spec.boundaries`, or "all".
 
     Raises:
-        ValueError: if `base` has no layer named `spec.unfreeze_from`.
+        ValueError: if `base` has no layer named where `fine_tune_from` points.
 
     Recompile any model that contains `base` after calling this.
     """
-    first_top = _layer_index(base, spec.unfreeze_from)
+    first_top = boundary_index(base, spec, fine_tune_from)
     base.trainable = unfreeze_top
     if not unfreeze_top:
         return
@@ -475,22 +529,24 @@ def freeze_backbone(base: keras.Model, spec: BackboneSpec, *, unfreeze_top: bool
             layer, keras.layers.BatchNormalization)
 
 
-def split_backbone(base: keras.Model, spec: BackboneSpec) -> tuple[keras.Model, keras.Model]:
-    """Cuts a base where its top blocks begin, sharing the layers (and weights) with it.
+def split_backbone(base: keras.Model, spec: BackboneSpec,
+                   fine_tune_from: str = "top") -> tuple[keras.Model, keras.Model]:
+    """Cuts a base where phase 2 begins, sharing the layers (and weights) with it.
 
     Args:
         base: a model from `create_backbone(spec.name)`.
         spec: its spec.
+        fine_tune_from: where to cut, as in `freeze_backbone`.
 
     Returns:
-        (bottom, top): bottom maps pixels to the input of `spec.unfreeze_from`, top maps that
-        tensor to the base's output, so `top(bottom(x))` equals `base(x)`. Phase 2 caches
+        (bottom, top): bottom maps pixels to the input of the first trainable layer, top maps
+        that tensor to the base's output, so `top(bottom(x))` equals `base(x)`. Phase 2 caches
         bottom's output once and fine-tunes only top.
 
     Raises:
-        ValueError: if `base` has no layer named `spec.unfreeze_from`.
+        ValueError: if `base` has no layer named where `fine_tune_from` points.
     """
-    cut = base.layers[_layer_index(base, spec.unfreeze_from)].input
+    cut = base.layers[boundary_index(base, spec, fine_tune_from)].input
     bottom = keras.Model(base.input, cut, name=f"{base.name}_bottom")
     top = keras.Model(cut, base.output, name=f"{base.name}_top")
     return bottom, top

@@ -26,7 +26,7 @@ from pipeline.features import FeatureCache
 from pipeline.lr_find import resolve_fine_tune_learning_rate, resolve_head_learning_rate
 from pipeline.model import build_head
 from pipeline.search.space import with_values
-from pipeline.train import cache_features, fine_tune, frozen_base, train_head
+from pipeline.train import cache_features, cached_phase2, fit_phase2, frozen_base, train_head
 
 
 def trains_both_phases(config: ExperimentConfig) -> bool:
@@ -90,12 +90,14 @@ class TrialTrainer:
                 self.top.set_weights(self.pretrained_top)
                 freeze_backbone(self.base, get_backbone_spec(config.model.backbone),
                                 unfreeze_top=True)
+                phase2 = cached_phase2(self.top, head, train_cache.activations,
+                                       self.labels["train"], dev_cache.activations,
+                                       self.labels["dev"], training)
                 if training.fine_tune_learning_rate == "auto":
-                    training = resolve_fine_tune_learning_rate(
-                        training, self.top, head, train_cache.activations, self.labels["train"])
-                history = fine_tune(self.top, head, train_cache.activations,
-                                    self.labels["train"], dev_cache.activations,
-                                    self.labels["dev"], training, self.scratch / "phase2")
+                    training = resolve_fine_tune_learning_rate(training, phase2.model,
+                                                               phase2.train_data)
+                history = fit_phase2(phase2, self.labels["train"], training,
+                                     self.scratch / "phase2")
         shutil.rmtree(self.scratch, ignore_errors=True)
         return kept_accuracy(history, training.early_stopping_monitor)
 
