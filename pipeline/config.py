@@ -249,10 +249,10 @@ SEARCHABLE = {
     "adam_beta_1": "train.adam_beta_1", "adam_beta_2": "train.adam_beta_2",
     "decay_rate": "train.decay_rate", "batch_size": "train.batch_size",
     "mixup_alpha": "train.mixup_alpha", "label_smoothing": "train.label_smoothing",
-    "chain": "augment.chain",
+    "chain": "augment.chain", "fine_tune_from": "train.fine_tune_from",
 }
 # keys only phase 2 reads: searching one makes every trial train both phases
-PHASE_2_KEYS = ("fine_tune_learning_rate",)
+PHASE_2_KEYS = ("fine_tune_learning_rate", "fine_tune_from")
 
 
 @dataclass(frozen=True)
@@ -263,8 +263,9 @@ class SearchConfig:
     scale (a value in 1e-4..1e-3 is as likely as one in 1e-2..1e-1), "one_minus_log" draws
     1 - value on a log scale (beta 0.9..0.999 is 1 - beta 0.1..0.001), "linear" uniformly.
     A trial is phase 1 alone on cached features, or both phases on cached activations when a
-    key that only phase 2 reads is searched (`phases`). Fine-tuning depth is not searchable
-    yet (there is no `train.fine_tune_from`), nor label smoothing (no `train.label_smoothing`).
+    key that only phase 2 reads is searched (`phases`). Trials feed phase 2 from activations
+    cached where it starts, at every depth (`fine_tune_from`): a trial from pixels would cost
+    a whole training run.
 
     Attributes:
         keys: which ranges below are searched; the others keep the config's values.
@@ -276,9 +277,9 @@ class SearchConfig:
         keep_best: how many of the best trials so far the next round zooms around.
         phases: "auto" (both phases if a phase-2 key is searched), "head" or "both".
         head_learning_rate, fine_tune_learning_rate, l2, dropout, adam_beta_1, adam_beta_2,
-            decay_rate, batch_size, mixup_alpha, label_smoothing, chain: the range of the config
-            key each sets
-            (`SEARCHABLE`), searched when named in `keys`.
+            decay_rate, batch_size, mixup_alpha, label_smoothing, chain, fine_tune_from: the
+            range of the config key each sets (`SEARCHABLE`), searched when named in `keys`.
+            `fine_tune_from`'s choices are the backbone's points (`make backbones`).
     """
 
     keys: tuple[str, ...] = ("head_learning_rate", "l2", "dropout")
@@ -298,6 +299,7 @@ class SearchConfig:
     mixup_alpha: tuple[int | float | str, ...] = ("linear", 0.0, 0.5)
     label_smoothing: tuple[int | float | str, ...] = ("linear", 0.0, 0.2)
     chain: tuple[int | float | str, ...] = ("choice", "none", "light", "standard")
+    fine_tune_from: tuple[int | float | str, ...] = ("choice", "top", "auto")
 
 
 @dataclass(frozen=True)
@@ -553,6 +555,11 @@ def _validate_names(config: ExperimentConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"Config key 'model.backbone': {error}") from None
     check_fine_tune_from(config.model.backbone, config.train.fine_tune_from)
+    for depth in config.search.fine_tune_from[1:]:
+        try:
+            check_fine_tune_from(config.model.backbone, depth)
+        except ConfigError as error:
+            raise ConfigError(f"Config key 'search.fine_tune_from': {error}") from None
 
 
 def _validate_continued_model(config: ExperimentConfig) -> None:

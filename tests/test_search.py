@@ -129,6 +129,33 @@ def test_a_trial_scores_the_epoch_early_stopping_keeps():
     assert kept_accuracy(history, "val_accuracy") == 0.8
 
 
+def test_trials_fine_tune_from_the_searched_depth_on_activations_cached_there(tiny_config,
+                                                                           tmp_path):
+    """`fine_tune_from` searched: each depth gets its own cached activations (once), and a
+    trial from deeper trains more of the base."""
+    from pipeline.search.trial import TrialTrainer
+
+    config = tiny_config("search.keys=[fine_tune_from]",
+                         "search.fine_tune_from=[choice, top, block5a]")
+    run_stages(config, ("data",))
+    trainer = TrialTrainer(config, load_prepared(config.run_dir / "data"), config.run_dir,
+                           tmp_path / "scratch")
+    assert trainer.both_phases
+    scores = [trainer({"train.fine_tune_from": depth}) for depth in ("top", "block5a", "top")]
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    assert scores[0] == scores[2]  # the same depth again: the same trial
+    shapes = {depth: cache[0].activations.shape for (_, depth), cache in trainer.caches.items()}
+    assert set(shapes) == {"top", "block5a"} and shapes["top"] != shapes["block5a"]
+    trainable = {depth: sum(int(np.prod(w.shape)) for w in trainer.split(depth)[2].weights)
+                 for depth in shapes}
+    assert trainable["block5a"] > trainable["top"]
+
+
+def test_a_searched_depth_the_backbone_lacks_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"search.fine_tune_from.*conv4"):
+        load_config(None, ["search.fine_tune_from=[choice, top, conv4]"])
+
+
 def poison_test_split(config) -> None:
     """Replaces the prepared test split with bytes no reader accepts."""
     for name in ("test_images.npy", "test_labels.npy"):

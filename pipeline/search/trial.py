@@ -2,10 +2,11 @@
 
 Features are extracted once per augmentation chain (once in all unless `chain` is searched)
 and kept in memory, so a head-only trial costs seconds. A full-recipe trial also runs phase 2
-on the cached activations of the top blocks' input, starting every trial from the same
-pretrained top blocks. Both phases are `pipeline.train`'s own `train_head` and `fine_tune`;
-a trial's score is the dev accuracy of the weights training keeps (the best epoch by
-`train.early_stopping_monitor`). The test split is never read.
+on the activations cached where it starts (`train.fine_tune_from`, searchable: once per
+depth), starting every trial from the same pretrained weights. Both phases are
+`pipeline.train`'s own (`train_head`, `cached_phase2`, `fit_phase2`); a trial's score is the
+dev accuracy of the weights training keeps (the best epoch by `train.early_stopping_monitor`).
+The test split is never read.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from pipeline.features import FeatureCache
 from pipeline.lr_find import resolve_fine_tune_learning_rate, resolve_head_learning_rate
 from pipeline.model import build_head
 from pipeline.search.space import with_values
-from pipeline.train import cache_features, cached_phase2, fit_phase2, frozen_base, train_head
+from pipeline.train import (
+    cache_features,
+    cached_phase2,
+    fit_phase2,
+    frozen_base,
+    resolve_fine_tune_from,
+    train_head,
+)
 
 
 def trains_both_phases(config: ExperimentConfig) -> bool:
@@ -52,27 +60,43 @@ class TrialTrainer:
                  scratch: Path):
         self.config, self.data, self.run_dir, self.scratch = config, data, run_dir, scratch
         self.both_phases = trains_both_phases(config)
-        image_size = model_image_size(config.model, data.image_size)
-        self.base, self.bottom, self.top = frozen_base(config.model, image_size)
-        self.pretrained_top = self.top.get_weights()
-        self.caches: dict[str, tuple[FeatureCache, FeatureCache]] = {}
+        self.image_size = model_image_size(config.model, data.image_size)
+        self.spec = get_backbone_spec(config.model.backbone)
         self.labels = {split: data.labels(split) for split in ("train", "dev")}
+        # per depth where phase 2 starts: (base, bottom, top, top's pretrained weights)
+        self.bases: dict[str, tuple] = {}
+        self.caches: dict[tuple[str, str], tuple[FeatureCache, FeatureCache]] = {}
 
-    def features(self, chain: Any) -> tuple[FeatureCache, FeatureCache]:
-        """Train and dev caches for an augmentation chain, extracted on first use."""
-        name = repr(chain)
+    def depth(self, fine_tune_from: str) -> str:
+        """A config's phase 2 start as a point of the backbone ("auto" resolved by the data)."""
+        return resolve_fine_tune_from(fine_tune_from, self.spec, self.labels["train"])
+
+    def split(self, depth: str) -> tuple:
+        """The pretrained base cut at `depth`: (base, bottom, top, top's pretrained weights),
+        built on first use."""
+        if depth not in self.bases:
+            base, bottom, top = frozen_base(self.config.model, self.image_size, depth)
+            self.bases[depth] = (base, bottom, top, top.get_weights())
+        return self.bases[depth]
+
+    def features(self, chain: Any, depth: str) -> tuple[FeatureCache, FeatureCache]:
+        """Train and dev caches for an augmentation chain, with the activations where phase 2
+        starts (`depth`), extracted on first use."""
+        name = (repr(chain), depth if self.both_phases else "")
         if name not in self.caches:
             augment = with_values(self.config, {"augment.chain": chain}).augment
+            _, bottom, top, _ = self.split(depth)
             train_cache, dev_cache, _ = cache_features(
                 augment, self.config.model, self.config.train, self.data, self.run_dir,
-                self.bottom, self.top, keep_activations=self.both_phases)
+                bottom, top, keep_activations=self.both_phases)
             self.caches[name] = (train_cache, dev_cache)
         return self.caches[name]
 
     def __call__(self, values: dict[str, Any]) -> float:
         """Trains the config with {config key: value} set; returns its dev accuracy."""
         config = with_values(self.config, values)
-        train_cache, dev_cache = self.features(config.augment.chain)
+        depth = self.depth(config.train.fine_tune_from)
+        train_cache, dev_cache = self.features(config.augment.chain, depth)
         num_classes = len(self.data.class_names)
         shutil.rmtree(self.scratch, ignore_errors=True)
         # train's own phases, their per-epoch printout kept out of the search's progress bar
@@ -87,10 +111,10 @@ class TrialTrainer:
                                  dev_cache.pooled, self.labels["dev"], training,
                                  self.scratch / "phase1")
             if self.both_phases:
-                self.top.set_weights(self.pretrained_top)
-                freeze_backbone(self.base, get_backbone_spec(config.model.backbone),
-                                unfreeze_top=True)
-                phase2 = cached_phase2(self.top, head, train_cache.activations,
+                base, _, top, pretrained = self.split(depth)
+                top.set_weights(pretrained)
+                freeze_backbone(base, self.spec, unfreeze_top=True, fine_tune_from=depth)
+                phase2 = cached_phase2(top, head, train_cache.activations,
                                        self.labels["train"], dev_cache.activations,
                                        self.labels["dev"], training)
                 if training.fine_tune_learning_rate == "auto":
