@@ -58,5 +58,11 @@ def _determinism() -> dict:
     return bench_determinism()
 
 
+def _distributed() -> dict:
+    from bench.bench_distributed import bench_distributed
+
+    return bench_distributed()
+
+
 SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
-          "export": _export, "determinism": _determinism}
+          "export": _export, "determinism": _determinism, "distributed": _distributed}

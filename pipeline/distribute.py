@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,14 +193,21 @@ def extract_share(extract: Callable, images: np.ndarray, augmenter, *, descripti
     """
     from pipeline.features import FeatureCache
 
-    index, count = worker()
-    if count == 1:
+    if _strategy is None:
         return extract(images, augmenter, description=description, **options)
+    index, count = worker()
     part = share(len(images), index, count)
     print(f"Worker {index} of {count} extracts images {part.start}-{part.stop - 1} "
           f"({part.stop - part.start} of {len(images)}): {description}.")
+    started = time.perf_counter()
     cache = extract(images[part], _OffsetAugmenter(augmenter, part.start),
                     description=f"{description}, worker {index}", **options)
+    seconds = time.perf_counter() - started
+    passes = cache.pooled.shape[0] * cache.pooled.shape[1]  # views x images
+    print(f"Worker {index} of {count} extracted {passes} image views in {seconds:.2f} s "
+          f"({passes / seconds:.1f} image views/s).")
+    if count == 1:
+        return cache
     activations = cache.activations
     return FeatureCache(gather(cache.pooled, axis=1),
                         None if activations is None else gather(activations, axis=1))
