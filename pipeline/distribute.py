@@ -151,9 +151,9 @@ def strategy():
 
 def worker() -> tuple[int, int]:
     """(this worker's index, the number of workers): (0, 1) unless multi-worker."""
-    if _strategy is None or not hasattr(_strategy, "cluster_resolver"):
+    resolver = getattr(_strategy, "cluster_resolver", None)  # None for MirroredStrategy
+    if resolver is None:
         return 0, 1
-    resolver = _strategy.cluster_resolver
     count = len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
     return int(resolver.task_id or 0), count
 
