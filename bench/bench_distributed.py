@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGES = 1000  # Fashion-MNIST examples kept (about 62% of them train)
 SIZE = 160  # the model input of the photo-folder recipe
+VIEWS, HEAD_EPOCHS, FINE_TUNE_EPOCHS = 2, 5, 1
 CONFIG = [f"data.max_examples={IMAGES}", f"model.image_size={SIZE}", "train.batch_size=32",
-          "train.cached_views=2", "train.head_epochs=5", "train.fine_tune_epochs=1",
+          f"train.cached_views={VIEWS}", f"train.head_epochs={HEAD_EPOCHS}",
+          f"train.fine_tune_epochs={FINE_TUNE_EPOCHS}",
           "train.early_stopping_patience=9", "augment.chain=light", "name=bench",
           f"data.path={FASHION_MNIST}", "train.distribute=multi_worker"]
 PHOTOS = 1_000_000
@@ -72,7 +74,8 @@ def run_job(workers: int, folder: Path) -> dict:
     history = json.loads((runs[0] / "bench" / "train_history.json").read_text())
     extraction = [_extraction(output) for output in outputs]
     return {"job_s": seconds, "timings": history["timings"], "extraction": extraction,
-            "epochs": len(history["history"]["loss"])}
+            "epochs": (history["phase_boundaries"][0],
+                       len(history["history"]["loss"]) - history["phase_boundaries"][0])}
 
 
 def _extraction(output: str) -> dict:
@@ -88,14 +91,12 @@ def estimate(one: dict, train_images: int) -> dict:
     """Hours for a 1,000,000-photo folder on 1, 4 and 16 machines, from one worker's measured
     per-image costs: extraction and both phases divide by the machines (each does its share of
     every batch), so hours(n) = hours(1) / n plus what the collectives cost (not modelled)."""
-    views = int(CONFIG[3].split("=")[1])
-    head_epochs, fine_tune_epochs = 5, 1
     extraction_s = 1 / one["extraction"][0]["views_per_s"]  # per image view
-    head_s = one["timings"]["phase1_head_s"] / (head_epochs * train_images)
-    fine_tune_s = one["timings"]["phase2_fine_tune_s"] / (fine_tune_epochs * train_images)
+    head_s = one["timings"]["phase1_head_s"] / (one["epochs"][0] * train_images)
+    fine_tune_s = one["timings"]["phase2_fine_tune_s"] / (one["epochs"][1] * train_images)
     train = PHOTOS * TRAIN_SHARE
     # the default job's epochs: 12 head, 4 fine-tune (configs/default.yaml), K views
-    total_1 = train * (views * extraction_s + 12 * head_s + 4 * fine_tune_s)
+    total_1 = train * (VIEWS * extraction_s + 12 * head_s + 4 * fine_tune_s)
     return {"per_view_extraction_ms": 1000 * extraction_s, "per_image_epoch_head_ms":
             1000 * head_s, "per_image_epoch_fine_tune_ms": 1000 * fine_tune_s,
             **{f"million_photos_hours_{n}_machines": total_1 / n / 3600 for n in MACHINES}}
@@ -106,7 +107,7 @@ def bench_distributed() -> dict:
     with tempfile.TemporaryDirectory() as folder:
         one = run_job(1, Path(folder) / "one")
         two = run_job(2, Path(folder) / "two")
-    train_images = one["extraction"][0]["views"] // int(CONFIG[3].split("=")[1])
+    train_images = one["extraction"][0]["views"] // VIEWS
     results = {
         "distributed_one_worker_views_per_s": one["extraction"][0]["views_per_s"],
         "distributed_two_workers_views_per_s": [item["views_per_s"] for item in two["extraction"]],
@@ -115,7 +116,7 @@ def bench_distributed() -> dict:
             two["job_s"], "distributed_one_worker_timings": one["timings"],
         "distributed_two_workers_timings": two["timings"],
         **estimate(one, train_images)}
-    print(f"Train images {train_images} x {CONFIG[3]} at {SIZE} px (Fashion-MNIST, Lite0 "
+    print(f"Train images {train_images} x {VIEWS} views at {SIZE} px (Fashion-MNIST, Lite0 "
           f"ImageNet), {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}:")
     print(f"  one worker: extraction {results['distributed_one_worker_views_per_s']:.1f} "
           f"views/s, job {one['job_s']:.1f} s, phases {one['timings']}")
