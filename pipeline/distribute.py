@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UnavailableError
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}\'')
@@ -227,7 +227,8 @@ def gather(array: np.ndarray, *, axis: int) -> np.ndarray:
         return _strategy.run(lambda local: tf.distribute.get_replica_context().all_gather(
             tf.identity(local), axis=0), args=(value,))
 
-    result = _strategy.experimental_local_results(all_gather(tf.constant(moved)))[0]
+    with workers_in_step():
+        result = _strategy.experimental_local_results(all_gather(tf.constant(moved)))[0]
     return np.moveaxis(result.numpy(), 0, axis)
 
 
@@ -268,11 +269,28 @@ def fit_copy(model, fit: Callable) -> None:
     """
     import keras
 
-    with _strategy.scope():
+    with _strategy.scope(), workers_in_step():
         copy = keras.models.clone_model(model)
         copy.set_weights(model.get_weights())
         fit(copy)
     model.set_weights(copy.get_weights())
+
+
+@contextlib.contextmanager
+def workers_in_step() -> Iterator[None]:
+    """Turns the abort of the collective ops when another worker stops (killed, crashed, its
+    machine gone: TensorFlow's `UnavailableError` after the missed heartbeats) into one line
+    saying how to resume."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.UnavailableError as error:
+        lost = [line.strip() for line in str(error).splitlines() if line.startswith("/job:")]
+        raise UnavailableError(
+            f"a worker of this multi-worker job stopped ({', '.join(lost) or 'no heartbeat'}), "
+            f"so the others cannot go on. Start the same command again on every machine: each "
+            f"resumes from its own training backup.") from None
 
 
 @contextlib.contextmanager
