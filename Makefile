@@ -9,6 +9,7 @@
 #   make lr-find                      learning-rate finder: the head's loss against its rate
 #   make test                         the test suite CI runs
 #   make test-faults                  kills, damages and starves real runs; prints a scoreboard
+#   make test-distributed             two workers on 127.0.0.1: training and search (issue 17)
 # TEST_ARGS is appended after ARGS; the README test sets it (in the environment) to keep the
 # README's commands, run exactly as written, to seconds.
 SHELL := /bin/bash
@@ -32,7 +33,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The default job reads Fashion-MNIST from Debian's package.
 DATA_DEPS := $(if $(and $(filter configs/default.yaml,$(CONFIG)),$(if $(DATA),,yes)),$(FASHION_MNIST))
 
-.PHONY: install data preview train evaluate export predict demo backbones search lr-find test test-slow test-faults bench lint clean
+.PHONY: install data preview train evaluate export predict demo backbones search lr-find test test-slow test-faults test-distributed bench lint clean
 install: $(VENV)/.installed
 
 # mediapipe: its TFLite metadata writer puts the labels inside model.tflite. Installed without
@@ -85,6 +86,8 @@ test-slow: install $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow
 test-faults: install
 	$(PY) -m pytest -q -m faults tests/test_faults.py
+test-distributed: install $(FASHION_MNIST)
+	$(PY) -m pytest -q -m distributed tests/test_distribute.py
 bench: install
 	$(PY) -m bench
 lint: install

@@ -64,5 +64,12 @@ def _determinism() -> dict:
     return bench_determinism()
 
 
+def _distributed() -> dict:
+    from bench.bench_distributed import bench_distributed
+
+    return bench_distributed()
+
+
 SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
-          "export": _export, "determinism": _determinism, "phase2": _phase2}
+          "export": _export, "determinism": _determinism, "phase2": _phase2,
+          "distributed": _distributed}

@@ -37,6 +37,8 @@ EarlyStoppingMonitor = Literal["val_loss", "val_accuracy"]
 ExtractionEngine = Literal["auto", "litert", "tensorflow"]
 ExtractionPrecision = Literal["auto", "float32", "float16"]
 Phase2Input = Literal["auto", "cached", "pixels"]
+# issue 17 (distributed training): see pipeline/distribute.py
+Distribute = Literal["none", "mirrored", "multi_worker"]
 ExportFormat = Literal["keras", "saved_model", "litert", "litert_dynamic", "litert_int8", "onnx"]
 
 
@@ -168,6 +170,10 @@ class TrainConfig:
         seed: seeds augmentation, shuffling and weight initialisation.
         deterministic: TensorFlow op determinism (every seed set as well): the same config
             gives the same weights bit for bit, and so does a killed run resumed; slower.
+        distribute: "none" (one device), "mirrored" (every GPU of this machine,
+            `tf.distribute.MirroredStrategy`) or "multi_worker" (several machines described by
+            the TF_CONFIG environment variable, `MultiWorkerMirroredStrategy`); see
+            `pipeline.distribute` and the README's "Several machines".
     """
 
     batch_size: int = 64
@@ -190,6 +196,7 @@ class TrainConfig:
     extraction_precision: ExtractionPrecision = "auto"
     seed: int = 0
     deterministic: bool = False
+    distribute: Distribute = "none"  # issue 17: pipeline/distribute.py
 
 
 @dataclass(frozen=True)

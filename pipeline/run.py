@@ -150,6 +150,10 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = tuple(STAGES)
                force: bool = False) -> None:
     """Runs the given stages in order (each skipped when fresh) and prints where things are."""
     run_dir = config.run_dir
+    if "train" in stages:  # issue 17: a strategy must exist before any other TensorFlow work
+        from pipeline import distribute
+
+        distribute.start(config.train.distribute)
     with run_folder_lock(run_dir):
         _remove_partial_writes(config)
         save_config(config, run_dir / "config.yaml")
@@ -160,12 +164,30 @@ def run_stages(config: ExperimentConfig, stages: tuple[str, ...] = tuple(STAGES)
         for name in stages:
             print(f"\n== {name} ==")
             _require_upstream(run_dir, name, STAGES[name].after, fingerprints)
+            if name == "train" and not _is_chief():  # issue 17: see _train_as_worker
+                _train_as_worker(config, run_dir, fingerprints[name])
+                return
             run_stage(run_dir, name, fingerprints[name],
                       lambda name=name: STAGES[name].run(config, run_dir, fingerprints[name]),
                       force=force)
     print(f"\nRun folder: {run_dir}")
     if "export" in stages:
         print(f"Exported model: {Path(config.export.models_dir) / config.name}")
+
+
+def _is_chief() -> bool:
+    from pipeline import distribute
+
+    return distribute.is_chief()
+
+
+def _train_as_worker(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> None:
+    """A multi-worker job's worker other than the chief (issue 17, `pipeline.distribute`):
+    trains in step with the others every time it is run (never skipped as fresh: the chief
+    waits for it), writes no artifact, and leaves evaluation and export to the chief."""
+    STAGES["train"].run(config, run_dir, fingerprint)
+    print("This worker's share of training is done; the chief (worker 0) writes the model, "
+          "evaluates and exports it.")
 
 
 def _remove_partial_writes(config: ExperimentConfig) -> None:

@@ -17,6 +17,7 @@ that a killed run resumes from.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import distribute
 from pipeline.atomic import atomic_path, is_intact, seal, write_json, write_with
 from pipeline.augment import (
     BatchAugmenter,
@@ -65,8 +67,10 @@ def train_stage(augment: AugmentConfig, model: ModelConfig, training: TrainConfi
         shutil.rmtree(path, ignore_errors=True)
         path.unlink(missing_ok=True)  # a stray file; rmtree only removes folders
         print(f"Removed {path}: a training backup of another config, never resumed.")
-    result = train(augment, model, training, load_prepared(run_dir / "data"), run_dir,
-                   backup_dir=backup_dir)
+    # issue 17: only the chief writes the run's artifacts (pipeline.distribute)
+    with distribute.written_by_chief(run_dir) as written:
+        result = train(augment, model, training, load_prepared(run_dir / "data"), written,
+                       backup_dir=backup_dir)
     timings = ", ".join(f"{key} {value:.0f}s" for key, value in result["timings"].items())
     print(f"Training done: {timings}")
     return ["model.keras", "train_history.json"]
@@ -371,14 +375,16 @@ def cache_features(augment: AugmentConfig, model: ModelConfig, training: TrainCo
                            precision=training.extraction_precision)
     print(f"Feature extraction runs on {forward.engine} in {forward.precision} "
           f"({available_cpus()} CPU cores).")
-    train_cache = extract_features(forward, data.images("train"), train_augmenter,
-                                   views=training.cached_views,
-                                   keep_activations=keep_activations,
-                                   description=f"Features of {training.cached_views} "
-                                               f"augmented views (train)")
-    dev_cache = extract_features(forward, data.images("dev"), eval_augmenter, views=1,
-                                 keep_activations=keep_activations,
-                                 description="Features (dev)")
+    # issue 17: with several workers each extracts its share, then all gather the whole
+    extract = functools.partial(extract_features, forward)
+    train_cache = distribute.extract_share(extract, data.images("train"), train_augmenter,
+                                           views=training.cached_views,
+                                           keep_activations=keep_activations,
+                                           description=f"Features of {training.cached_views} "
+                                                       f"augmented views (train)")
+    dev_cache = distribute.extract_share(extract, data.images("dev"), eval_augmenter, views=1,
+                                         keep_activations=keep_activations,
+                                         description="Features (dev)")
     return train_cache, dev_cache, forward
 
 
@@ -497,8 +503,6 @@ def _fit(model: keras.Model, train_data, dev_data, train_labels: np.ndarray,
          callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
     """Compiles (after every change of `trainable`) and fits over `train_data` (a PyDataset
     with `set_epoch`) with early stopping, backup and the caller's `callbacks`."""
-    compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
-                  config=config, steps_per_execution=steps_per_execution)
     # The early-stopping state is saved before the backup each epoch (see ResumableEarlyStopping)
     stopping = early_stopping(config, state_dir=backup_dir.with_name(backup_dir.name + "_state"))
     draw_epoch = keras.callbacks.LambdaCallback(
@@ -507,11 +511,22 @@ def _fit(model: keras.Model, train_data, dev_data, train_labels: np.ndarray,
                  *(callbacks or [])]
     print(f"Training {phase}: {model.count_params():,} parameters, "
           f"{sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable.")
-    # The datasets shuffle the examples with their own seeded generators; Keras' own shuffle of
-    # the batch order would draw from a process-wide generator that a resumed run cannot replay
-    model.fit(train_data, validation_data=dev_data, epochs=epochs, callbacks=callbacks,
-              class_weight=class_weights(train_labels, config), shuffle=False,
-              verbose=1 if sys.stdout.isatty() else 2)
+
+    def compile_and_fit(model: keras.Model, fed_train, fed_dev, steps_per_execution) -> None:
+        compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
+                      config=config, steps_per_execution=steps_per_execution)
+        # The datasets shuffle the examples with their own seeded generators; Keras' own shuffle
+        # of the batch order would draw from a process-wide generator a resumed run cannot replay
+        model.fit(fed_train, validation_data=fed_dev, epochs=epochs, callbacks=callbacks,
+                  class_weight=class_weights(train_labels, config), shuffle=False,
+                  verbose=1 if sys.stdout.isatty() else 2)
+
+    if distribute.strategy() is None:
+        compile_and_fit(model, train_data, dev_data, steps_per_execution)
+    else:  # issue 17: a copy built under the strategy, fed through tf.data (pipeline.distribute)
+        distribute.fit_copy(model, lambda copy: compile_and_fit(
+            copy, distribute.as_dataset(train_data), distribute.as_dataset(dev_data),
+            distribute.STEPS_PER_EXECUTION))
     return stopping.history  # every epoch, those before an interruption included
 
 

@@ -30,11 +30,15 @@ NOT_RUN = {
     "make test": "the suite itself (this test is part of it); CI runs it through .ci/run",
     "make test-slow": "the slow suite, its own target: real training on full datasets",
     "make test-faults": "the fault-injection suite, its own target (CI runs it after make test)",
+    "make test-distributed": "the distributed suite, its own target: workers on 127.0.0.1",
     "make bench": "benchmarks of several minutes, their own target",
     "make demo MODEL=models/photos": "a server that runs until Ctrl+C; tests/test_demo.py runs "
                                      "its page in headless Chromium",
 }
 NETWORK = "needs a network"
+# The "Several machines" commands wait for the other hosts; tests/test_distribute.py runs the
+# same stages as processes on 127.0.0.1 (`make test-distributed`).
+OTHER_HOSTS = "# on 10.0.0."
 TEST_ARGS = " ".join([
     "data.max_examples=400", "train.head_epochs=1", "train.fine_tune_epochs=1",
     "train.cached_views=1", "evaluate.train_error_examples=100", "search.trials=2",
@@ -58,7 +62,8 @@ def command_only(line: str) -> str:
 
 def commands_to_run() -> list[str]:
     return [line for line in readme_commands()
-            if command_only(line) not in NOT_RUN and NETWORK not in line]
+            if command_only(line) not in NOT_RUN and NETWORK not in line
+            and OTHER_HOSTS not in line]
 
 
 def test_every_readme_command_is_run_or_says_why_not():

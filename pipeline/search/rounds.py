@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_json
 from pipeline.config import ExperimentConfig
 from pipeline.data.prepare import PreparedData
+from pipeline.search import cluster
 from pipeline.search import results as reporting
 from pipeline.search import space as spaces
 from pipeline.search.trial import TrialTrainer
@@ -43,6 +44,9 @@ class RoundTuner(keras_tuner.RandomSearch):
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         self.progress.update(1)
+        if cluster.role() == "worker":  # issue 17: which worker ran which of the chief's trials
+            self.progress.write(f"Trial {trial.trial_id} ran on this worker "
+                                f"({cluster.tuner_id()}).")
 
 
 def search_stage(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> dict:
@@ -60,6 +64,9 @@ def search_stage(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> d
 
     result = search(config, load_prepared(run_dir / "data"), run_dir, fingerprint)
     folder = run_dir / "search"
+    if cluster.role() == "worker":  # issue 17: pipeline.search.cluster
+        print("This worker's trials are done; the chief keeps them and writes the results.")
+        return result
     print(reporting.format_table(result))
     print(f"Trials: {folder / 'trials.txt'} (and results.json), plot: {folder / 'search.png'}\n"
           f"Train the best: make train CONFIG={folder / 'best.yaml'}")
@@ -81,24 +88,27 @@ def search(config: ExperimentConfig, data: PreparedData, run_dir: Path,
          "rounds": [each round's space], "trials": [{"round", "trial", "dev_accuracy",
          config key: value, ...}, best first], "best": {config key: value}}
     """
-    folder = run_dir / "search" / fingerprint[:16]
-    trainer = TrialTrainer(config, data, run_dir, scratch=folder / "scratch")
     space, rounds, trials = spaces.dimensions(config.search), [], []
     total = config.search.rounds * config.search.trials
-    with tqdm(total=total, desc="Search (trials)", unit="trial") as bar:
+    # issue 17: on a worker of a distributed search, a temporary folder (pipeline.search.cluster)
+    with cluster.tuner_folder(run_dir / "search" / fingerprint[:16]) as folder, \
+            tqdm(total=total, desc="Search (trials)", unit="trial") as bar:
+        trainer = TrialTrainer(config, data, run_dir, scratch=folder / "scratch")
         for number in range(1, config.search.rounds + 1):
-            if number > 1:
+            if number > 1 and trials:  # a worker never holds the trials: the chief zooms
                 best = trials[:config.search.keep_best]
                 space = spaces.zoom(space, best, config.search.zoom)
             space = _round_space(folder / f"round_{number}.json", space)
             rounds.append(spaces.to_json(space))
-            trials = _run_round(config, trainer, space, folder, number, bar) + trials
+            with cluster.round_port(number):
+                trials = _run_round(config, trainer, space, folder, number, bar) + trials
             trials.sort(key=lambda trial: -trial["dev_accuracy"])
     result = {"kind": "both phases" if trainer.both_phases else "head",
               "keys": {dimension.name: dimension.key for dimension in space},
               "rounds": rounds, "trials": trials,
-              "best": {key: trials[0][key] for key in (d.key for d in space)}}
-    reporting.write_all(config, result, run_dir / "search")
+              "best": {key: trials[0][key] for key in (d.key for d in space)} if trials else {}}
+    if cluster.role() != "worker":  # the chief alone writes the results
+        reporting.write_all(config, result, run_dir / "search")
     return result
 
 
@@ -116,6 +126,9 @@ def _run_round(config: ExperimentConfig, trainer: TrialTrainer, space: list[spac
     tuner = RoundTuner(trainer, space, progress=bar, max_trials=config.search.trials,
                        seed=config.train.seed + number, directory=folder,
                        project_name=f"round_{number}", overwrite=False)
+    if cluster.role() == "worker":  # issue 17: runs the chief's trials; the chief keeps them
+        tuner.search(verbose=0)
+        return []
     finished = [trial for trial in tuner.oracle.trials.values() if trial.score is not None]
     bar.update(len(finished))  # trials finished before an interruption
     tuner.search(verbose=0)
