@@ -109,7 +109,8 @@ def evaluate_stage(config: EvaluateConfig, run_dir: Path, *, config_summary: dic
     result = {
         **metrics, "diagnosis": diagnosis, "class_names": names,
         "timings": history["timings"], "image_size": history["image_size"],
-        "model": parameter_counts(model, config_summary["model"]["backbone"]),
+        "model": parameter_counts(model, config_summary["model"]["backbone"],
+                                  history.get("fine_tune_from", "top")),
         # the temperature the exported model's probabilities should use (1.0: as trained)
         "calibration": calibration_report(labels["dev"], probabilities["dev"],
                                           labels["test"], probabilities["test"]),
@@ -148,9 +149,9 @@ def predict_splits(model, data, config: EvaluateConfig) -> tuple[dict, dict, dic
     return metrics, labels, probabilities
 
 
-def parameter_counts(model, backbone: str) -> dict[str, int]:
+def parameter_counts(model, backbone: str, fine_tune_from: str = "top") -> dict[str, int]:
     """Parameters of the classifier: in all, and trainable in each phase (phase 1: the head;
-    phase 2: the top blocks, where the backbone spec says, and the head)."""
+    phase 2: the base from `fine_tune_from`, the point training used, and the head)."""
     from pipeline.backbones import freeze_backbone, get_backbone_spec
 
     spec = get_backbone_spec(backbone)
@@ -162,7 +163,7 @@ def parameter_counts(model, backbone: str) -> dict[str, int]:
         return sum(int(np.prod(weight.shape)) for layer in layers
                    for weight in layer.trainable_weights)
 
-    freeze_backbone(base, spec, unfreeze_top=True)
+    freeze_backbone(base, spec, unfreeze_top=True, fine_tune_from=fine_tune_from)
     phase2 = trainable(base, head)
     freeze_backbone(base, spec, unfreeze_top=False)
     return {"total": int(model.count_params()), "trainable_phase1": trainable(head),

@@ -147,12 +147,22 @@ def _model_section(metrics: dict, history: dict, config_summary: dict) -> dict:
     return {
         "backbone": spec.name, "weights": config_summary["model"]["weights"],
         "input_size": history["image_size"], "preprocessing": spec.preprocessing,
-        "unfreeze_from": spec.unfreeze_from, "parameters": metrics.get("model"),
+        "unfreeze_from": _fine_tune_layer(spec, history.get("fine_tune_from", "top")),
+        "phase2_feeding": history.get("phase2_feeding", "cached"),
+        "parameters": metrics.get("model"),
         "engine": history.get("extraction_engine"),
         "precision": history.get("extraction_precision"),
         "cached_views": train["cached_views"], "fine_tune_epochs": train["fine_tune_epochs"],
         "dropout": config_summary["model"]["dropout"], "l2": config_summary["model"]["l2"],
     }
+
+
+def _fine_tune_layer(spec, fine_tune_from: str) -> str:
+    """Where phase 2 began, as the README names it: "block5a (layer block5a_expand_conv)"."""
+    if fine_tune_from == "all":
+        return "all (every layer)"
+    layer = spec.unfreeze_from if fine_tune_from == "top" else spec.boundaries[fine_tune_from]
+    return f"{fine_tune_from} (layer {layer})"
 
 
 def _training_section(history: dict) -> list[dict]:

@@ -151,6 +151,21 @@ def test_the_page_is_self_contained_with_every_section_filled(synthetic_page):
     assert metrics["diagnosis"]["largest_gap"] in text
 
 
+def test_the_model_section_says_where_phase_2_began_and_how_it_was_fed(tmp_path):
+    """The depth and feeding path training recorded, not the backbone's default cut."""
+    from pipeline.report import write_report
+
+    run_dir = tmp_path / "runs" / "tiny"
+    (run_dir / "data").mkdir(parents=True)
+    inputs = synthetic_run(run_dir)
+    inputs["history"].update(fine_tune_from="block5a", phase2_feeding="pixels")
+    write_report(run_dir, inputs["metrics"], inputs["history"],
+                 config_summary=inputs["config_summary"], test_images=inputs["test_images"])
+    text = (run_dir / "report.html").read_text()
+    assert "block5a (layer block5a_expand_conv)" in text
+    assert "augmented live" in text and "block6a" not in text
+
+
 def test_user_strings_are_escaped(synthetic_page):
     run_dir, _ = synthetic_page
     text = (run_dir / "report.html").read_text()
