@@ -58,5 +58,11 @@ def _determinism() -> dict:
     return bench_determinism()
 
 
+def _scale() -> dict:
+    from bench.bench_scale import bench_scale
+
+    return bench_scale()
+
+
 SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
-          "export": _export, "determinism": _determinism}
+          "export": _export, "determinism": _determinism, "scale": _scale}

@@ -60,7 +60,9 @@ class NpyAppender:
     """Writes a `.npy` file of a known shape block by block, with ordinary file writes.
 
     No memory map: rows written never count in this process's resident memory, and only the
-    block being written is held. `close` checks that exactly `shape[0]` rows came.
+    block being written is held. A row is one entry of the first `leading_axes` axes (an
+    image of (N, S, S, 3); a (view, example) pair of (K, N, D)), written in C order; `close`
+    checks that exactly all of them came.
 
     Example:
         >>> with NpyAppender(Path("train_images.npy"), (1000, 160, 160, 3)) as out:
@@ -68,8 +70,12 @@ class NpyAppender:
         ...         out.write(block)
     """
 
-    def __init__(self, path: Path, shape: Sequence[int], dtype=np.uint8):
-        self.path, self.shape, self.dtype = Path(path), tuple(int(n) for n in shape), np.dtype(dtype)
+    def __init__(self, path: Path, shape: Sequence[int], dtype=np.uint8, *,
+                 leading_axes: int = 1):
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        self.shape = tuple(int(n) for n in shape)
+        self.row_shape = self.shape[leading_axes:]
+        self.total = int(np.prod(self.shape[:leading_axes], dtype=np.int64))
         self.rows = 0
         self._file = open(self.path, "wb")  # noqa: SIM115  (closed by close())
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
@@ -77,19 +83,19 @@ class NpyAppender:
         np.lib.format.write_array_header_1_0(self._file, header)
 
     def write(self, block: np.ndarray) -> None:
-        """Appends rows (shape (n, *shape[1:]), the file's dtype)."""
-        if block.shape[1:] != self.shape[1:]:
-            raise ValueError(f"{self.path.name}: rows of shape {self.shape[1:]} expected. "
+        """Appends rows: an array of shape (n, *row_shape), cast to the file's dtype."""
+        if block.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path.name}: rows of shape {self.row_shape} expected. "
                              f"Received: shape={block.shape}.")
-        if self.rows + len(block) > self.shape[0]:
-            raise ValueError(f"{self.path.name}: more than {self.shape[0]} rows written.")
+        if self.rows + len(block) > self.total:
+            raise ValueError(f"{self.path.name}: more than {self.total} rows written.")
         self._file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
         self.rows += len(block)
 
     def close(self) -> None:
         self._file.close()
-        if self.rows != self.shape[0]:
-            raise ValueError(f"{self.path.name}: {self.rows} rows written of {self.shape[0]}.")
+        if self.rows != self.total:
+            raise ValueError(f"{self.path.name}: {self.rows} rows written of {self.total}.")
 
     def __enter__(self) -> NpyAppender:
         return self
