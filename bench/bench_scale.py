@@ -42,6 +42,7 @@ IMAGE_SIZE = 160
 TRAIN_OVERRIDES = ("train.head_epochs=2", "train.fine_tune_epochs=1")
 JOBS = ("data_today", "data_stream", "data_keras", "data_cli", "train")
 WORK_MARK = "work seconds: "  # what a job run by `_job` prints
+CPU_MARK = "work CPU seconds: "
 
 
 def bench_scale(count: int | None = None) -> dict:
@@ -65,6 +66,9 @@ def bench_scale(count: int | None = None) -> dict:
                                               / results["scale_data_stream_work_s_4n"])
     results["scale_data_speedup_vs_keras_loader"] = (results["scale_data_keras_work_s_4n"]
                                                      / results["scale_data_stream_work_s_4n"])
+    for job in ("data_today", "data_keras"):
+        results[f"scale_data_cpu_ratio_stream_vs_{job[5:]}"] = (
+            results[f"scale_{job}_work_cpu_s_4n"] / results["scale_data_stream_work_cpu_s_4n"])
     for job in JOBS:
         results[f"scale_{job}_photos_per_s_4n"] = 4 * count / results[f"scale_{job}_work_s_4n"]
         results[f"scale_{job}_rss_n_over_4n"] = (results[f"scale_{job}_peak_mb_n"]
@@ -92,6 +96,9 @@ def _measure_size(label: str, folder: Path, root: Path) -> dict:
     for job, command in jobs.items():
         seconds, peak_mb, output = timed_process(command)
         work = float(output.split(WORK_MARK)[1].split()[0]) if WORK_MARK in output else seconds
+        if CPU_MARK in output:  # CPU time of the work: what it costs whatever else runs
+            results[f"scale_{job}_work_cpu_s_{label}"] = float(
+                output.split(CPU_MARK)[1].split()[0])
         results[f"scale_{job}_s_{label}"] = round(seconds, 2)
         results[f"scale_{job}_work_s_{label}"] = round(work, 2)
         results[f"scale_{job}_peak_mb_{label}"] = round(peak_mb, 1)
@@ -185,10 +192,12 @@ def keras_loader_pass(folder: Path, image_size: int) -> int:
 def _job(name: str, folder: Path, output: Path | None) -> None:
     """One data job in this process (`python -m bench.bench_scale NAME FOLDER [OUTPUT]`):
     imports what it needs, then prints the seconds of the work alone."""
+    import resource
+
     if name == "keras":
         import keras  # noqa: F401  (imported before the clock starts, like the others)
 
-        started = time.perf_counter()
+        cpu, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         keras_loader_pass(folder, IMAGE_SIZE)
     else:
         from bench.reference_data import prepare_folder_in_memory
@@ -196,9 +205,11 @@ def _job(name: str, folder: Path, output: Path | None) -> None:
         from pipeline.data.prepare import prepare_data
 
         run = prepare_folder_in_memory if name == "today" else prepare_data
-        started = time.perf_counter()
+        cpu, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         run(DataConfig(source="folder", path=str(folder), image_size=IMAGE_SIZE), output)
     print(f"{WORK_MARK}{time.perf_counter() - started:.3f}")
+    after = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    print(f"{CPU_MARK}{after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime:.3f}")
 
 
 def _load() -> float:
