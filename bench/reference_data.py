@@ -10,7 +10,6 @@ but for JPEG draft mode's pixels (`tests/test_stream.py` checks both). Only benc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,10 @@ from pipeline.data.prepare import (
     SourceData,
     _assign,
     _cap_examples,
-    _carve_notes,
     _require_every_split,
     _stored_size,
+    write_split_records,
 )
-from pipeline.data.report import build_data_report, write_data_report
 from pipeline.data.splits import SPLIT_NAMES
 
 
@@ -38,28 +36,11 @@ def prepare_folder_in_memory(config: DataConfig, output_dir: Path,
     keep = _cap_examples(source.keys, config.max_examples)
     splits, carved = _assign(source, keep, config.split_ratios)
     _require_every_split(splits, carved, source.description)
-    labels_by_split = {}
     with atomic_path(output_dir) as folder:
         folder.mkdir()
         for split in SPLIT_NAMES:
-            chosen = np.flatnonzero(splits == split)
-            np.save(folder / f"{split}_images.npy", source.images[chosen])
-            np.save(folder / f"{split}_labels.npy", source.labels[chosen])
-            labels_by_split[split] = source.labels[chosen]
-        (folder / "files.json").write_text(json.dumps(
-            {split: [source.files[index] for index in np.flatnonzero(splits == split)]
-             for split in SPLIT_NAMES}, ensure_ascii=False), encoding="utf-8")
-        report = build_data_report(class_names=source.class_names,
-                                   labels_by_split=labels_by_split,
-                                   source=source.description, **source.extras,
-                                   notes=[*source.notes, *_carve_notes(carved)])
-        write_data_report(report, folder)
-        (folder / "dataset.json").write_text(json.dumps({
-            "class_names": list(source.class_names), "source": source.description,
-            "image_size": source.image_size,
-            "counts": {split: int(len(labels)) for split, labels in labels_by_split.items()},
-        }, indent=2, ensure_ascii=False))
-    return report
+            np.save(folder / f"{split}_images.npy", source.images[splits == split])
+        return write_split_records(folder, source, splits, carved)
 
 
 def _read_folder_in_memory(config: DataConfig, size_range: tuple[int, int]) -> SourceData:

@@ -115,7 +115,6 @@ def prepare_data(config: DataConfig, output_dir: Path, *,
         DataError: fewer than two classes, or a split that would be empty; the message says
             what to add.
     """
-    labels_by_split = {}
     with atomic_path(output_dir) as folder:
         folder.mkdir()
         source = read_source(config, auto_size_range, staging=folder / "staging")
@@ -129,25 +128,43 @@ def prepare_data(config: DataConfig, output_dir: Path, *,
         write_split_images(folder, source.images, splits, SPLIT_NAMES,
                            (source.image_size, source.image_size, 3))
         shutil.rmtree(folder / "staging", ignore_errors=True)
-        for split in SPLIT_NAMES:
-            chosen = np.flatnonzero(splits == split)
-            np.save(folder / f"{split}_labels.npy", source.labels[chosen])
-            labels_by_split[split] = source.labels[chosen]
-        if source.files:  # the export checks the model from these files' bytes
-            (folder / "files.json").write_text(json.dumps(
-                {split: [source.files[index] for index in np.flatnonzero(splits == split)]
-                 for split in SPLIT_NAMES}, ensure_ascii=False), encoding="utf-8")
-        report = build_data_report(class_names=source.class_names,
-                                   labels_by_split=labels_by_split,
-                                   source=source.description, **source.extras,
-                                   notes=[*source.notes, *_carve_notes(carved)])
-        write_data_report(report, folder)
-        (folder / "dataset.json").write_text(json.dumps({
-            "class_names": list(source.class_names), "source": source.description,
-            "image_size": source.image_size,
-            "counts": {split: int(len(labels)) for split, labels in labels_by_split.items()},
-        }, indent=2, ensure_ascii=False))
+        report = write_split_records(folder, source, splits, carved)
     print(format_data_report(report))
+    return report
+
+
+def write_split_records(folder: Path, source: SourceData, splits: np.ndarray,
+                        carved: dict[str, float]) -> dict:
+    """Everything of the split examples but their images: `<split>_labels.npy`, `files.json`,
+    the data report and `dataset.json`.
+
+    Args:
+        folder: the data stage's (temporary) output folder.
+        source: what the source yielded.
+        splits: each example's split, "" where not kept (`_assign`).
+        carved: the splits carved from the given train split, and their shares.
+
+    Returns:
+        The data report as a dict.
+    """
+    labels_by_split = {}
+    for split in SPLIT_NAMES:
+        chosen = np.flatnonzero(splits == split)
+        np.save(folder / f"{split}_labels.npy", source.labels[chosen])
+        labels_by_split[split] = source.labels[chosen]
+    if source.files:  # the export checks the model from these files' bytes
+        (folder / "files.json").write_text(json.dumps(
+            {split: [source.files[index] for index in np.flatnonzero(splits == split)]
+             for split in SPLIT_NAMES}, ensure_ascii=False), encoding="utf-8")
+    report = build_data_report(class_names=source.class_names, labels_by_split=labels_by_split,
+                               source=source.description, **source.extras,
+                               notes=[*source.notes, *_carve_notes(carved)])
+    write_data_report(report, folder)
+    (folder / "dataset.json").write_text(json.dumps({
+        "class_names": list(source.class_names), "source": source.description,
+        "image_size": source.image_size,
+        "counts": {split: int(len(labels)) for split, labels in labels_by_split.items()},
+    }, indent=2, ensure_ascii=False))
     return report
 
 

@@ -21,9 +21,10 @@ through a memory map (`PreparedData.images`), and by row ranges with no map at a
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,7 @@ def decode_in_stream(paths: Sequence[Path], decode: Callable[[Path], tuple[np.nd
             filled = 0
 
     with tqdm(total=len(paths), desc=description, unit="img") as progress:
-        for index, outcome in enumerate(_decoded_in_order(paths, decode, threads)):
+        for index, outcome in enumerate(ordered_map(decode, paths, threads)):
             progress.update(1)
             if isinstance(outcome, errors):
                 if stop_on_error:
@@ -244,33 +245,33 @@ def decode_in_stream(paths: Sequence[Path], decode: Callable[[Path], tuple[np.nd
     return result
 
 
-def _decoded_in_order(paths: Sequence[Path], decode, threads: int) -> Iterator[object]:
-    """Each path's decode result (or the exception it raised), in order, at most
-    `threads * QUEUE_PER_THREAD` decoded ahead of the consumer."""
+def ordered_map(function: Callable, items: Iterable, threads: int) -> Iterator[object]:
+    """`function(item)` for each item on a pool of threads: each result (or the exception it
+    raised, returned rather than raised), in the items' order, with at most
+    `threads * QUEUE_PER_THREAD` computed ahead of the consumer (so memory stays bounded)."""
 
-    def attempt(path: Path) -> object:
+    def attempt(item) -> object:
         try:
-            return decode(path)
+            return function(item)
         except Exception as error:  # noqa: BLE001  (handed to the consumer, in order)
             return error
 
     if threads <= 1:
-        for path in paths:
-            yield attempt(path)
+        for item in items:
+            yield attempt(item)
         return
     pending: deque[Future] = deque()
-    remaining = iter(paths)
-    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+    remaining = iter(items)
+    with ThreadPoolExecutor(threads, thread_name_prefix="pipeline-data") as pool:
         try:
-            for path in remaining:
-                pending.append(pool.submit(attempt, path))
+            for item in remaining:
+                pending.append(pool.submit(attempt, item))
                 if len(pending) >= threads * QUEUE_PER_THREAD:
                     break
             while pending:
                 outcome = pending.popleft().result()
-                next_path = next(remaining, None)
-                if next_path is not None:
-                    pending.append(pool.submit(attempt, next_path))
+                for item in itertools.islice(remaining, 1):
+                    pending.append(pool.submit(attempt, item))
                 yield outcome
         finally:
             for future in pending:  # the consumer stopped early (an error): skip the rest
