@@ -193,3 +193,11 @@ def test_features_written_as_they_come_equal_those_kept_in_memory(tmp_path):
     loaded = FeatureCache.load(tmp_path, "train")
     np.testing.assert_array_equal(loaded.pooled, kept.pooled)
     assert not np.array_equal(kept.pooled[0], kept.pooled[1])  # the views differ
+
+
+def test_decode_threads_is_a_config_key_that_must_not_be_negative():
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None, ["data.decode_threads=3"]).data.decode_threads == 3
+    with pytest.raises(ConfigError, match="'data.decode_threads' must not be negative"):
+        load_config(None, ["data.decode_threads=-1"])
