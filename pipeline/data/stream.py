@@ -128,10 +128,6 @@ class StagedImages:
         for shard in self.shards:
             yield np.load(shard)
 
-    def remove(self) -> None:
-        for shard in self.shards:
-            shard.unlink(missing_ok=True)
-
 
 def image_blocks(images: np.ndarray | StagedImages) -> Iterator[np.ndarray]:
     """Consecutive row blocks of about `SHARD_BYTES` of an array, or a staging's shards."""
