@@ -50,6 +50,14 @@ GOALS: dict[str, Goal] = {
     "test_accuracy_minus_keras_guide": Goal(
         -1, "test accuracy minus the Keras-guide recipe's, in points"),
     "test_accuracy_minus_keras_guide_k1": Goal(-1, "the same with K=1"),
+    "scale_data_speedup_vs_today": Goal(
+        2, "data stage photos/s on 4N 1024x768 JPEGs, streaming vs before (one thread)"),
+    "scale_data_speedup_vs_keras_loader": Goal(
+        1, "the same, streaming vs one pass of keras.utils.image_dataset_from_directory"),
+    "scale_data_stream_rss_n_over_4n": Goal(
+        0.8, "data stage peak memory at N over at 4N photos (4x photos, at most 1.25x memory)"),
+    "scale_train_rss_n_over_4n": Goal(
+        0.8, "training peak memory at N over at 4N photos (4x photos, at most 1.25x memory)"),
 }
 
 

@@ -70,6 +70,12 @@ def _distributed() -> dict:
     return bench_distributed()
 
 
+def _scale() -> dict:
+    from bench.bench_scale import bench_scale
+
+    return bench_scale()
+
+
 SUITES = {"input_pipeline": _input_pipeline, "cached_features": _cached_features,
           "export": _export, "determinism": _determinism, "phase2": _phase2,
-          "distributed": _distributed}
+          "distributed": _distributed, "scale": _scale}

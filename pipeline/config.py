@@ -68,6 +68,8 @@ class DataConfig:
         max_image_pixels: decompression-bomb guard; larger images are skipped.
         max_examples: keep at most this many training examples (0 keeps all); for quick runs.
         cache_dir: where decoded images and downloads are kept.
+        decode_threads: threads decoding a folder's photos; 0 picks two per CPU core, at most
+            8 (`pipeline.data.stream.default_decode_threads`).
     """
 
     source: Source = "fashion_mnist"
@@ -82,6 +84,7 @@ class DataConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_examples: int = 0
     cache_dir: str = "data"
+    decode_threads: int = 0
 
 
 @dataclass(frozen=True)

@@ -209,8 +209,14 @@ def extract_share(extract: Callable, images: np.ndarray, augmenter, *, descripti
     if count == 1:
         return cache
     activations = cache.activations
-    return FeatureCache(gather(cache.pooled, axis=1),
-                        None if activations is None else gather(activations, axis=1))
+    gathered = FeatureCache(gather(cache.pooled, axis=1),
+                            None if activations is None else gather(activations, axis=1))
+    folder = options.get("folder")
+    if folder is not None:  # the files hold this worker's share: replace them with the whole
+        for path in Path(folder).glob(f"{options.get('prefix', '')}_*.npy"):
+            path.unlink()  # not truncated in place: the share may still be memory-mapped
+        gathered.save(Path(folder), options.get("prefix", ""))
+    return gathered
 
 
 def gather(array: np.ndarray, *, axis: int) -> np.ndarray:

@@ -14,7 +14,6 @@ the backbones where it is faster, on LiteRT (`pipeline.litert`).
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from pipeline.config import ExtractionEngine
+from pipeline.data.stream import NpyAppender, unmapped
 from pipeline.inputs import augmented_batches, pad_batch
 from pipeline.litert import (
     PRECISIONS,
@@ -63,7 +63,8 @@ class FeatureCache:
     activations: np.ndarray | None
 
     def save(self, folder: Path, prefix: str) -> None:
-        """Writes `<prefix>_pooled.npy` (and `<prefix>_activations.npy`) into `folder`."""
+        """Writes `<prefix>_pooled.npy` (and `<prefix>_activations.npy`) into `folder`
+        (`extract_features(folder=...)` writes the same files as it goes)."""
         np.save(folder / f"{prefix}_pooled.npy", self.pooled)
         if self.activations is not None:
             np.save(folder / f"{prefix}_activations.npy", self.activations)
@@ -180,8 +181,15 @@ def _check_agreement(outputs: tuple[np.ndarray, ...], reference: tuple[np.ndarra
 
 
 def extract_features(forward: Forward, images: np.ndarray, augmenter, *, views: int,
-                     keep_activations: bool, description: str) -> FeatureCache:
+                     keep_activations: bool, description: str,
+                     folder: Path | None = None, prefix: str = "") -> FeatureCache:
     """Runs the frozen base over `views` augmented passes of `images`.
+
+    Images are read a batch at a time (a memory-mapped split through plain file reads,
+    `pipeline.data.stream.unmapped`). With `folder`, each batch's outputs are appended to the
+    cache files as they come (`FeatureCache.save`'s names, `NpyAppender`) and the cache is
+    returned memory-mapped, so extraction holds a batch, not the cache: K views of 100,000
+    images' block activations are tens of GB.
 
     Args:
         forward: from `make_forward`.
@@ -191,29 +199,67 @@ def extract_features(forward: Forward, images: np.ndarray, augmenter, *, views: 
         views: K, the number of augmented views per image.
         keep_activations: also keep the top-block input activations (for phase 2).
         description: progress bar label.
+        folder: write the cache here, as `<prefix>_pooled.npy` (and `_activations.npy`);
+            None keeps it in memory.
+        prefix: the files' prefix in `folder`.
 
     Returns:
         The cache, float16.
     """
     count, batch_size = len(images), forward.batch_size
-    batches = math.ceil(count / batch_size)
-    pooled = activations = None
+    if count == 0:
+        raise ValueError(f"No images to extract features from ({description}).")
+    images = unmapped(images)
+    sink = _CacheSink(views, count, keep_activations, folder, prefix)
     with tqdm(total=views * count, desc=description, unit="img", smoothing=0.1) as progress:
         for view in range(views):
             stream = augmented_batches(images, augmenter, batch_size, epoch=view)
             for index, batch in enumerate(stream):
                 size = len(batch)
                 batch_activations, batch_pooled = forward(pad_batch(batch, batch_size))
-                if pooled is None:
-                    pooled = np.empty((views, count, batch_pooled.shape[-1]), np.float16)
-                    if keep_activations:
-                        activations = np.empty((views, count, *batch_activations.shape[1:]),
-                                               np.float16)
-                start = index * batch_size
-                pooled[view, start:start + size] = batch_pooled[:size]
-                if keep_activations:
-                    activations[view, start:start + size] = batch_activations[:size]
+                sink.put(view, index * batch_size, batch_pooled[:size],
+                         batch_activations[:size])
                 progress.update(size)
-        if batches == 0:
-            raise ValueError(f"No images to extract features from ({description}).")
-    return FeatureCache(pooled, activations)
+    return sink.close()
+
+
+class _CacheSink:
+    """Where `extract_features` puts each batch's outputs: arrays in memory, or `.npy` files
+    appended in order (view by view, batch by batch: the files' row order)."""
+
+    def __init__(self, views: int, count: int, keep_activations: bool, folder: Path | None,
+                 prefix: str):
+        self.views, self.count, self.keep = views, count, keep_activations
+        self.folder, self.prefix = folder, prefix
+        self.pooled = self.activations = None
+
+    def put(self, view: int, start: int, pooled: np.ndarray, activations: np.ndarray) -> None:
+        if self.pooled is None:
+            self._open(pooled.shape[1:], activations.shape[1:])
+        if self.folder is not None:
+            self.pooled.write(pooled.astype(np.float16))
+            if self.keep:
+                self.activations.write(activations.astype(np.float16))
+            return
+        self.pooled[view, start:start + len(pooled)] = pooled
+        if self.keep:
+            self.activations[view, start:start + len(activations)] = activations
+
+    def _open(self, pooled_shape: tuple[int, ...], activations_shape: tuple[int, ...]) -> None:
+        shapes = {"pooled": (self.views, self.count, *pooled_shape)}
+        if self.keep:
+            shapes["activations"] = (self.views, self.count, *activations_shape)
+        for name, shape in shapes.items():
+            if self.folder is None:
+                setattr(self, name, np.empty(shape, np.float16))
+            else:  # rows of (view, example) in C order: views * count rows
+                path = self.folder / f"{self.prefix}_{name}.npy"
+                setattr(self, name, NpyAppender(path, shape, np.float16, leading_axes=2))
+
+    def close(self) -> FeatureCache:
+        if self.folder is None:
+            return FeatureCache(self.pooled, self.activations)
+        self.pooled.close()
+        if self.keep:
+            self.activations.close()
+        return FeatureCache.load(self.folder, self.prefix)

@@ -109,9 +109,11 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
 
     # Cache the frozen network's outputs: K augmented views of train, the plain view of dev.
     started = time.perf_counter()
-    train_cache, dev_cache, engine = _features_once(backup_dir / "features", lambda: cache_features(
-        augment, model, training, data, run_dir, bottom, top,
-        keep_activations=training.fine_tune_epochs > 0 and feeding == "cached"))
+    train_cache, dev_cache, engine = _features_once(
+        backup_dir / "features", lambda folder: cache_features(
+            augment, model, training, data, run_dir, bottom, top,
+            keep_activations=training.fine_tune_epochs > 0 and feeding == "cached",
+            folder=folder))
     timings["extract_features_s"] = time.perf_counter() - started
     train_labels, dev_labels = data.labels("train"), data.labels("dev")
     if training.head_learning_rate == "auto":
@@ -171,21 +173,20 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
 
 
 def _features_once(folder: Path, extract) -> tuple[FeatureCache, FeatureCache, dict]:
-    """The train and dev feature caches: read from `folder` when a killed run left them there,
-    else extracted by `extract()` and written there (whole or not at all)."""
+    """The train and dev feature caches, memory-mapped: read from `folder` when a killed run
+    left them there, else extracted by `extract(temporary folder)`, which writes them there
+    as it goes, and moved into `folder` (whole or not at all)."""
     if (folder / "engine.json").is_file():
         print(f"Reusing the features cached before an interruption ({folder}).")
         return (FeatureCache.load(folder, "train"), FeatureCache.load(folder, "dev"),
                 json.loads((folder / "engine.json").read_text()))
-    train_cache, dev_cache, forward = extract()
-    engine = {"engine": forward.engine, "precision": forward.precision}
     with atomic_path(folder) as temporary:
         temporary.mkdir()
-        train_cache.save(temporary, "train")
-        dev_cache.save(temporary, "dev")
+        _, _, forward = extract(temporary)
+        engine = {"engine": forward.engine, "precision": forward.precision}
         (temporary / "engine.json").write_text(json.dumps(engine))
         seal(temporary)
-    return train_cache, dev_cache, engine
+    return FeatureCache.load(folder, "train"), FeatureCache.load(folder, "dev"), engine
 
 
 def _head_once(folder: Path, head: keras.Model, train_phase) -> dict:
@@ -358,8 +359,10 @@ def augmenters(augment: AugmentConfig, training: TrainConfig, data: PreparedData
 
 def cache_features(augment: AugmentConfig, model: ModelConfig, training: TrainConfig,
                    data: PreparedData, run_dir: Path, bottom, top, *,
-                   keep_activations: bool) -> tuple[FeatureCache, FeatureCache, Forward]:
-    """The frozen base's outputs for K augmented views of train and the plain view of dev.
+                   keep_activations: bool,
+                   folder: Path | None = None) -> tuple[FeatureCache, FeatureCache, Forward]:
+    """The frozen base's outputs for K augmented views of train and the plain view of dev,
+    written into `folder` as they come (`extract_features`) or, without one, kept in memory.
 
     Returns:
         (train cache, dev cache, the `Forward` that ran the base); the PCA colour shift fitted on
@@ -381,10 +384,12 @@ def cache_features(augment: AugmentConfig, model: ModelConfig, training: TrainCo
                                            views=training.cached_views,
                                            keep_activations=keep_activations,
                                            description=f"Features of {training.cached_views} "
-                                                       f"augmented views (train)")
+                                                       f"augmented views (train)",
+                                           folder=folder, prefix="train")
     dev_cache = distribute.extract_share(extract, data.images("dev"), eval_augmenter, views=1,
                                          keep_activations=keep_activations,
-                                         description="Features (dev)")
+                                         description="Features (dev)", folder=folder,
+                                         prefix="dev")
     return train_cache, dev_cache, forward
 
 

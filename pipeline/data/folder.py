@@ -101,6 +101,7 @@ from pipeline.data.images import (
 )
 from pipeline.data.report import class_count_warnings
 from pipeline.data.splits import SPLIT_NAMES
+from pipeline.data.stream import default_decode_threads, ordered_map
 from pipeline.errors import DataError, MissingInputError
 
 ON_BAD_FILE_CHOICES: tuple[str, ...] = typing.get_args(OnBadFile)
@@ -1042,20 +1043,52 @@ def _check_candidates(
     show_progress: bool,
     max_pixels: int,
 ) -> list[_Image]:
-    """Reads, checks and hashes every candidate file, logging those that are not usable."""
+    """Reads, checks and hashes every candidate file, logging those that are not usable.
+
+    Files are read and hashed on a pool of threads (reads and hashing release the GIL); what
+    each one logs is replayed in the candidates' order, so the log, and the first file that
+    stops an `on_bad_file: error` scan, are those of a scan on one thread.
+    """
+
+    def check(candidate: _Candidate) -> tuple[_Image | None, _RecordedLog]:
+        recorded = _RecordedLog()
+        return _check_candidate(candidate, recorded, verify_decode, max_pixels), recorded
+
     images: list[_Image] = []
     with tqdm(
-        candidates, desc="Scanning images", unit="file", disable=not show_progress
+        total=len(candidates), desc="Scanning images", unit="file", disable=not show_progress
     ) as progress:
-        for candidate in progress:
-            image = _check_candidate(candidate, skip_log, verify_decode, max_pixels)
+        for outcome in ordered_map(check, candidates, default_decode_threads()):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            image, recorded = outcome
+            recorded.replay(skip_log)
+            progress.update(1)
             if image is not None:
                 images.append(image)
     return images
 
 
+class _RecordedLog:
+    """Stands in for a `_SkipLog` on a scanning thread: records the calls, to be replayed on
+    the real log in order."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple]] = []
+
+    def add(self, *arguments) -> None:
+        self.calls.append(("add", arguments))
+
+    def add_unsupported(self, *arguments) -> None:
+        self.calls.append(("add_unsupported", arguments))
+
+    def replay(self, skip_log: _SkipLog) -> None:
+        for name, arguments in self.calls:
+            getattr(skip_log, name)(*arguments)
+
+
 def _check_candidate(
-    candidate: _Candidate, skip_log: _SkipLog, verify_decode: bool, max_pixels: int
+    candidate: _Candidate, skip_log: _SkipLog | _RecordedLog, verify_decode: bool, max_pixels: int
 ) -> _Image | None:
     """Reads one file; returns it as an image or logs why it is skipped."""
     path = candidate.path
@@ -1080,7 +1113,9 @@ def _check_candidate(
     return _Image(candidate, content_hash, (info.width, info.height))
 
 
-def _log_unrecognised(path: Path, extension: str, num_bytes: int, skip_log: _SkipLog) -> None:
+def _log_unrecognised(
+    path: Path, extension: str, num_bytes: int, skip_log: _SkipLog | _RecordedLog
+) -> None:
     """Logs a file whose content is no known image and whose extension is no image one."""
     if extension in UNSUPPORTED_EXTENSIONS:
         image_format = UNSUPPORTED_EXTENSIONS[extension]

@@ -3,25 +3,36 @@
 Whatever the source (Fashion-MNIST IDX files, the user's folder, a tfds dataset), the stage
 writes the same thing into `runs/<name>/data/`: `<split>_images.npy` (uint8, N x S x S x 3),
 `<split>_labels.npy`, `dataset.json` (class names in training order) and the data report.
-Every later stage reads only these files.
+Every later stage reads only these files, through memory maps.
+
+A folder is decoded in a stream (`pipeline.data.stream`): a pool of threads decodes the photos
+into fixed-size staging shards inside the output's temporary folder, and the split files are
+then written shard by shard, so the stage's memory does not grow with the folder's size.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_path
 from pipeline.config import DataConfig
 from pipeline.data.folder import SkippedFile, scan_image_folder
-from pipeline.data.images import ImageDecodeError, load_image, resize_square
+from pipeline.data.images import ImageDecodeError, load_square, resize_square
 from pipeline.data.report import build_data_report, format_data_report, write_data_report
 from pipeline.data.splits import SPLIT_NAMES, assign_splits, default_split_ratios
+from pipeline.data.stream import (
+    StagedImages,
+    decode_in_stream,
+    default_decode_threads,
+    write_split_images,
+)
 from pipeline.errors import DataError, MissingInputError
 
 
@@ -30,7 +41,7 @@ class SourceData:
     """Everything a source yields before splitting; `given_splits` is "" where none is given."""
 
     class_names: tuple[str, ...]
-    images: np.ndarray
+    images: np.ndarray | StagedImages
     labels: np.ndarray
     keys: list[str]
     given_splits: list[str]
@@ -43,7 +54,12 @@ class SourceData:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """The data stage's output folder, read lazily (images are memory-mapped).
+    """The data stage's output folder, read lazily.
+
+    `images(split)` is a read-only memory map of `<split>_images.npy`: slicing or indexing it
+    reads only the rows asked for, so no stage needs the split in memory. A stage that walks a
+    whole split in batches and should not keep the pages it read (feature extraction) wraps it
+    in `pipeline.data.stream.unmapped`, which reads row ranges with plain file reads.
 
     Attributes:
         directory: the folder.
@@ -99,37 +115,56 @@ def prepare_data(config: DataConfig, output_dir: Path, *,
         DataError: fewer than two classes, or a split that would be empty; the message says
             what to add.
     """
-    source = read_source(config, auto_size_range)
-    if len(source.class_names) < 2:
-        raise DataError(f"Found {len(source.class_names)} class(es) in {source.description}: "
-                         f"{list(source.class_names)}. A classifier needs at least two classes "
-                         f"(one sub-folder per class).")
-    keep = _cap_examples(source.keys, config.max_examples)
-    splits, carved = _assign(source, keep, config.split_ratios)
-    _require_every_split(splits, carved, source.description)
-    labels_by_split = {}
     with atomic_path(output_dir) as folder:
         folder.mkdir()
-        for split in SPLIT_NAMES:
-            chosen = np.flatnonzero(splits == split)
-            np.save(folder / f"{split}_images.npy", source.images[chosen])
-            np.save(folder / f"{split}_labels.npy", source.labels[chosen])
-            labels_by_split[split] = source.labels[chosen]
-        if source.files:  # the export checks the model from these files' bytes
-            (folder / "files.json").write_text(json.dumps(
-                {split: [source.files[index] for index in np.flatnonzero(splits == split)]
-                 for split in SPLIT_NAMES}, ensure_ascii=False), encoding="utf-8")
-        report = build_data_report(class_names=source.class_names,
-                                   labels_by_split=labels_by_split,
-                                   source=source.description, **source.extras,
-                                   notes=[*source.notes, *_carve_notes(carved)])
-        write_data_report(report, folder)
-        (folder / "dataset.json").write_text(json.dumps({
-            "class_names": list(source.class_names), "source": source.description,
-            "image_size": source.image_size,
-            "counts": {split: int(len(labels)) for split, labels in labels_by_split.items()},
-        }, indent=2, ensure_ascii=False))
+        source = read_source(config, auto_size_range, staging=folder / "staging")
+        if len(source.class_names) < 2:
+            raise DataError(f"Found {len(source.class_names)} class(es) in "
+                            f"{source.description}: {list(source.class_names)}. A classifier "
+                            f"needs at least two classes (one sub-folder per class).")
+        keep = _cap_examples(source.keys, config.max_examples)
+        splits, carved = _assign(source, keep, config.split_ratios)
+        _require_every_split(splits, carved, source.description)
+        write_split_images(folder, source.images, splits, SPLIT_NAMES,
+                           (source.image_size, source.image_size, 3))
+        shutil.rmtree(folder / "staging", ignore_errors=True)
+        report = write_split_records(folder, source, splits, carved)
     print(format_data_report(report))
+    return report
+
+
+def write_split_records(folder: Path, source: SourceData, splits: np.ndarray,
+                        carved: dict[str, float]) -> dict:
+    """Everything of the split examples but their images: `<split>_labels.npy`, `files.json`,
+    the data report and `dataset.json`.
+
+    Args:
+        folder: the data stage's (temporary) output folder.
+        source: what the source yielded.
+        splits: each example's split, "" where not kept (`_assign`).
+        carved: the splits carved from the given train split, and their shares.
+
+    Returns:
+        The data report as a dict.
+    """
+    labels_by_split = {}
+    for split in SPLIT_NAMES:
+        chosen = np.flatnonzero(splits == split)
+        np.save(folder / f"{split}_labels.npy", source.labels[chosen])
+        labels_by_split[split] = source.labels[chosen]
+    if source.files:  # the export checks the model from these files' bytes
+        (folder / "files.json").write_text(json.dumps(
+            {split: [source.files[index] for index in np.flatnonzero(splits == split)]
+             for split in SPLIT_NAMES}, ensure_ascii=False), encoding="utf-8")
+    report = build_data_report(class_names=source.class_names, labels_by_split=labels_by_split,
+                               source=source.description, **source.extras,
+                               notes=[*source.notes, *_carve_notes(carved)])
+    write_data_report(report, folder)
+    (folder / "dataset.json").write_text(json.dumps({
+        "class_names": list(source.class_names), "source": source.description,
+        "image_size": source.image_size,
+        "counts": {split: int(len(labels)) for split, labels in labels_by_split.items()},
+    }, indent=2, ensure_ascii=False))
     return report
 
 
@@ -155,9 +190,12 @@ def auto_image_size(short_sides: list[int], size_range: tuple[int, int]) -> int:
     return int(min(native, max(smallest, wanted)))
 
 
-def read_source(config: DataConfig, auto_size_range: tuple[int, int] = (32, 224)) -> SourceData:
-    """Dispatches on `data.source`."""
-    readers = {"fashion_mnist": _read_fashion_mnist, "folder": _read_folder, "tfds": _read_tfds}
+def read_source(config: DataConfig, auto_size_range: tuple[int, int] = (32, 224), *,
+                staging: Path) -> SourceData:
+    """Dispatches on `data.source`; a folder's images are decoded into shards in `staging`."""
+    if config.source == "folder":
+        return _read_folder(config, auto_size_range, staging)
+    readers = {"fashion_mnist": _read_fashion_mnist, "tfds": _read_tfds}
     return readers[config.source](config, auto_size_range)
 
 
@@ -211,35 +249,31 @@ def _read_tfds(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
                       notes)
 
 
-def _read_folder(config: DataConfig, size_range: tuple[int, int]) -> SourceData:
+def _read_folder(config: DataConfig, size_range: tuple[int, int], staging: Path) -> SourceData:
     # Decoding happens once, below; the scan checks headers, hashes and layout.
     scan = scan_image_folder(Path(config.path).expanduser(), on_bad_file=config.on_bad_file,
                              verify_decode=False, max_pixels=config.max_image_pixels,
                              layout=config.layout, split_folders=config.split_folders or None)
     image_size, notes = _stored_size(config, [min(item.size) for item in scan.items if item.size],
                                      size_range)
-    images = np.empty((len(scan.items), image_size, image_size, 3), np.uint8)
-    usable, sizes, skipped = [], [], list(scan.skipped)
-    for index, item in enumerate(tqdm(scan.items, desc="Decoding images", unit="img")):
-        try:
-            image = load_image(item.path, max_pixels=config.max_image_pixels)
-        except ImageDecodeError as error:
-            if config.on_bad_file == "error":
-                raise
-            skipped.append(SkippedFile(item.path, str(error)))
-            continue
-        sizes.append(image.shape[1::-1])
-        images[index] = resize_square(image, image_size)
-        usable.append(index)
-    items = [scan.items[index] for index in usable]
+    decoded = decode_in_stream(
+        [item.path for item in scan.items],
+        functools.partial(load_square, size=image_size, max_pixels=config.max_image_pixels),
+        row_shape=(image_size, image_size, 3), staging=staging,
+        threads=config.decode_threads or default_decode_threads(), errors=ImageDecodeError,
+        stop_on_error=config.on_bad_file == "error")
+    skipped = [*scan.skipped,
+               *(SkippedFile(scan.items[index].path, str(error))
+                 for index, error in decoded.failures)]
+    items = [scan.items[index] for index in decoded.usable]
     keys = [item.content_hash if config.split_by == "content" else item.relative_path
             for item in items]
-    return SourceData(scan.class_names, images[usable],
+    return SourceData(scan.class_names, decoded.images,
                       np.array([item.label for item in items], np.int32), keys,
                       [item.given_split or "" for item in items], f"folder:{scan.root}",
                       {"skipped": skipped, "unsupported": scan.unsupported,
                        "duplicate_groups": scan.duplicate_groups,
-                       "label_conflicts": scan.label_conflicts, "image_sizes": sizes,
+                       "label_conflicts": scan.label_conflicts, "image_sizes": decoded.sizes,
                        "split_leaks": scan.split_leaks, "warnings": scan.warnings},
                       image_size, [scan.layout_description, *notes],
                       tuple(str(Path(item.path).resolve()) for item in items))
