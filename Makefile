@@ -81,7 +81,7 @@ lr-find: install $(DATA_DEPS)
 	$(call pipeline,lr-find)
 
 test: install $(FASHION_MNIST) $(CHROMIUM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 test-slow: install $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow
 test-faults: install
