@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,53 @@ def test_a_search_with_a_chief_and_two_workers_runs_each_trial_once(tmp_path):
     assert sorted(ran[0] + ran[1]) == sorted(trial for _, trial in chief_trials), ran
     for tuner in ids[1:]:  # one results file, the chief's
         assert not (tmp_path / tuner / "tiny" / "search").exists()
+
+
+@pytest.mark.distributed
+@needs_fashion_mnist
+def test_a_killed_worker_stops_the_job_with_one_line_and_both_resume_from_their_backups(
+        tmp_path):
+    """SIGKILL worker 1 once phase 2 began: the chief stops with one `error:` line naming the
+    fix; the same command again on both resumes each from its own backup (features and phase
+    1 are not redone) and the chief writes the model."""
+    workers = [tmp_path / f"worker{index}" for index in range(2)]
+    for runs in workers:
+        subprocess.run(pipeline("data", runs), cwd=ROOT, check=True, capture_output=True,
+                       timeout=TIMEOUT)
+
+    def launch(attempt: str) -> tuple[list[subprocess.Popen], list[Path]]:
+        ports = free_ports(2)
+        logs = [tmp_path / f"{attempt}{index}.log" for index in range(2)]
+        return [start(pipeline("train", runs, "train.distribute=multi_worker",
+                               "train.fine_tune_epochs=2"), log,
+                      TF_CONFIG=tf_config(ports, index))
+                for index, (runs, log) in enumerate(zip(workers, logs, strict=True))], logs
+
+    processes, logs = launch("first")
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "Training phase 2" not in logs[1].read_text():
+            assert time.monotonic() < deadline and processes[1].poll() is None, (
+                logs[1].read_text()[-3000:])
+            time.sleep(0.5)
+        processes[1].kill()
+        processes[1].wait()
+        processes[0].wait(timeout=TIMEOUT)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    chief = logs[0].read_text()
+    assert processes[0].returncode == 2, chief[-3000:]
+    errors = [line for line in chief.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Start the same command again on every machine" in errors[0]
+    assert "Traceback" not in chief
+
+    processes, logs = launch("again")
+    outputs = finish(processes, logs)
+    for output in outputs:
+        assert "Reusing the features cached before an interruption" in output, output[-3000:]
+        assert "Phase 1 finished before the interruption" in output, output[-3000:]
+    assert (workers[0] / "small" / "model.keras").is_file()
+    assert not (workers[1] / "small" / "model.keras").exists()
