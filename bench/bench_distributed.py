@@ -38,7 +38,8 @@ MACHINES = (1, 4, 16)
 VIEWS_PATTERN = re.compile(r"Worker (\d+) of (\d+) extracted (\d+) image views in ([\d.]+) s")
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now (the OS picks them; a race with another program is rare)."""
     sockets = [socket.socket() for _ in range(count)]
     for handle in sockets:
         handle.bind(("127.0.0.1", 0))
@@ -58,7 +59,7 @@ def run_job(workers: int, folder: Path) -> dict:
     runs = [folder / f"worker{index}" for index in range(workers)]
     for run in runs:
         subprocess.run(_argv("data", run), cwd=ROOT, check=True, capture_output=True)
-    ports = _free_ports(workers)
+    ports = free_ports(workers)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     started = time.perf_counter()
     processes = [subprocess.Popen(

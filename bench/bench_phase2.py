@@ -31,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from bench.bench_augment import alternating_epoch_rates  # noqa: E402
 from bench.datasets import ArrayData  # noqa: E402
 from pipeline import train  # noqa: E402
 from pipeline.backbones import freeze_backbone, get_backbone_spec  # noqa: E402
@@ -72,18 +73,6 @@ def _phase2_model(config: ExperimentConfig, feeding: str) -> tuple[keras.Model, 
     return model, bottom
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._began = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._began)
-
-
 def bench_live_augmentation(train_images: int = 1024, repeats: int = 2) -> dict:
     """Pixel-fed phase 2 images/s with live augmentation / on the same images pre-augmented."""
     config, data = _default_job(train_images)
@@ -96,13 +85,8 @@ def bench_live_augmentation(train_images: int = 1024, repeats: int = 2) -> dict:
              "preaugmented": AugmentedImages(augmented, labels, _unchanged, batch, seed=0,
                                              num_classes=10)}
     model, _ = _phase2_model(config, "pixels")
-    model.fit(sides["preaugmented"], epochs=1, verbose=0)  # traces the train step
-    timers = {name: _EpochTimer() for name in sides}
-    for _ in range(repeats):
-        for name, side in sides.items():
-            model.fit(side, epochs=1, callbacks=[timers[name]], verbose=0)
+    rate = alternating_epoch_rates(model, sides, len(images), repeats)
     augmenter.close()
-    rate = {name: len(images) / min(timer.seconds) for name, timer in timers.items()}
     return {"phase2_live_vs_preaugmented_train_speed": rate["live"] / rate["preaugmented"],
             "phase2_live_train_images_per_s": rate["live"],
             "phase2_preaugmented_train_images_per_s": rate["preaugmented"],

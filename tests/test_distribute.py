@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_distributed import free_ports
 from pipeline.distribute import cluster_from_environment, share
 from pipeline.errors import ConfigError
 from pipeline.search import cluster
@@ -87,17 +87,6 @@ def test_multi_worker_without_tf_config_stops_with_one_line(tmp_path):
 
 
 # ---- several processes on loopback (make test-distributed) ----
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now (the OS picks them; a race with another program is rare)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for handle in sockets:
-        handle.bind(("127.0.0.1", 0))
-    ports = [handle.getsockname()[1] for handle in sockets]
-    for handle in sockets:
-        handle.close()
-    return ports
-
 
 def pipeline(command: str, runs: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", command, "--config", "configs/default.yaml",
