@@ -13,6 +13,7 @@ Keras has no finder of its own, so this one drives a plain Adam with `train_on_b
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 
 import keras
@@ -200,10 +201,14 @@ def lr_find_stage(config, run_dir: Path) -> dict:
 
     data = load_prepared(run_dir / "data")
     _, bottom, top = frozen_base(config.model, model_image_size(config.model, data.image_size))
-    train_cache, _, _ = cache_features(config.augment, config.model, config.train, data, run_dir,
-                                       bottom, top, keep_activations=False)
-    result = sweep(train_cache.pooled, data.labels("train"), len(data.class_names),
-                   config.model, config.train)
+    # the features go to files read memory-mapped (issue 17), removed once the sweep is done
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".lr_find_features-") as folder:
+        train_cache, _, _ = cache_features(config.augment, config.model, config.train, data,
+                                           run_dir, bottom, top, keep_activations=False,
+                                           folder=Path(folder))
+        result = sweep(train_cache.pooled, data.labels("train"), len(data.class_names),
+                       config.model, config.train)
+        del train_cache
     write_json(run_dir / "lr_find.json", result)
     plot(result, run_dir / "lr_find.png")
     print(f"Suggested train.head_learning_rate: {result['suggested']:.3g} (steepest fall of the "

@@ -126,6 +126,7 @@ def test_lr_find_command_writes_the_plot_and_the_sweep(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "tiny"
     result = json.loads((run_dir / "lr_find.json").read_text())
     assert (run_dir / "lr_find.png").read_bytes().startswith(b"\x89PNG")
+    assert not list(run_dir.glob(".lr_find_features-*"))  # its feature files are removed
     assert f"Suggested train.head_learning_rate: {result['suggested']:.3g}" in (
         capsys.readouterr().out)
 

@@ -3,6 +3,7 @@ results (table, plot, best.yaml) that train directly."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,9 +139,11 @@ def test_trials_fine_tune_from_the_searched_depth_on_activations_cached_there(ti
     config = tiny_config("search.keys=[fine_tune_from]",
                          "search.fine_tune_from=[choice, top, block5a]")
     run_stages(config, ("data",))
+    caches = tmp_path / "caches"
+    (caches / "stale").mkdir(parents=True)  # another search's leftovers
     trainer = TrialTrainer(config, load_prepared(config.run_dir / "data"), config.run_dir,
-                           tmp_path / "scratch")
-    assert trainer.both_phases
+                           tmp_path / "scratch", caches)
+    assert trainer.both_phases and not caches.exists()
     scores = [trainer({"train.fine_tune_from": depth}) for depth in ("top", "block5a", "top")]
     assert all(0.0 <= score <= 1.0 for score in scores)
     assert scores[0] == scores[2]  # the same depth again: the same trial
@@ -149,6 +152,13 @@ def test_trials_fine_tune_from_the_searched_depth_on_activations_cached_there(ti
     trainable = {depth: sum(int(np.prod(w.shape)) for w in trainer.split(depth)[2].weights)
                  for depth in shapes}
     assert trainable["block5a"] > trainable["top"]
+    # issue 17: the caches are files, read memory-mapped, not arrays held in memory
+    for train_cache, dev_cache in trainer.caches.values():
+        for array in (train_cache.pooled, train_cache.activations, dev_cache.activations):
+            assert isinstance(array, np.memmap) and Path(array.filename).is_relative_to(caches)
+    assert sorted(path.name for path in caches.iterdir()) == ["0", "1"]
+    trainer.close()
+    assert not caches.exists() and not trainer.caches
 
 
 def test_a_searched_depth_the_backbone_lacks_is_a_config_error():

@@ -1,7 +1,8 @@
 """One trial of the search: a config trained on cached features or activations, scored on dev.
 
 Features are extracted once per augmentation chain (once in all unless `chain` is searched)
-and kept in memory, so a head-only trial costs seconds. A full-recipe trial also runs phase 2
+into files on disk and read back memory-mapped, as training reads its own (issue 17: a large
+folder's caches need not fit in memory), so a head-only trial costs seconds. A full-recipe trial also runs phase 2
 on the activations cached where it starts (`train.fine_tune_from`, searchable: once per
 depth), starting every trial from the same pretrained weights. Both phases are
 `pipeline.train`'s own (`train_head`, `cached_phase2`, `fit_phase2`); a trial's score is the
@@ -54,11 +55,15 @@ class TrialTrainer:
         data: the prepared splits; train and dev are read.
         run_dir: the run folder (the colour PCA file of a chain goes there, as in `train`).
         scratch: a folder for each trial's training backup, removed after the trial.
+        caches: a folder for the feature caches, one sub-folder per (chain, depth); whatever
+            it holds is removed first (another search's caches), and `close()` removes it.
     """
 
     def __init__(self, config: ExperimentConfig, data: PreparedData, run_dir: Path,
-                 scratch: Path):
+                 scratch: Path, caches: Path):
         self.config, self.data, self.run_dir, self.scratch = config, data, run_dir, scratch
+        self.caches_dir = caches
+        shutil.rmtree(caches, ignore_errors=True)
         self.both_phases = trains_both_phases(config)
         self.image_size = model_image_size(config.model, data.image_size)
         self.spec = get_backbone_spec(config.model.backbone)
@@ -86,9 +91,11 @@ class TrialTrainer:
         if name not in self.caches:
             augment = with_values(self.config, {"augment.chain": chain}).augment
             _, bottom, top, _ = self.split(depth)
+            folder = self.caches_dir / str(len(self.caches))
+            folder.mkdir(parents=True)
             train_cache, dev_cache, _ = cache_features(
                 augment, self.config.model, self.config.train, self.data, self.run_dir,
-                bottom, top, keep_activations=self.both_phases)
+                bottom, top, keep_activations=self.both_phases, folder=folder)
             self.caches[name] = (train_cache, dev_cache)
         return self.caches[name]
 
@@ -124,6 +131,11 @@ class TrialTrainer:
                                      self.scratch / "phase2")
         shutil.rmtree(self.scratch, ignore_errors=True)
         return kept_accuracy(history, training.early_stopping_monitor)
+
+    def close(self) -> None:
+        """Drops the caches and removes their files."""
+        self.caches.clear()
+        shutil.rmtree(self.caches_dir, ignore_errors=True)
 
 
 def kept_accuracy(history: dict[str, list[float]], monitor: str) -> float:
