@@ -38,6 +38,7 @@ from pathlib import Path
 from bench.datasets import FLOWERS
 
 CAMERA_SIZE = (1024, 768)
+CROPS = 4  # crop rounds `make_camera_folder` may use
 IMAGE_SIZE = 160
 TRAIN_OVERRIDES = ("train.head_epochs=2", "train.fine_tune_epochs=1")
 JOBS = ("data_today", "data_stream", "data_keras", "data_cli", "train")
@@ -127,23 +128,32 @@ def timed_process(command: list[str]) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, output.decode(errors="replace")  # KB on Linux
 
 
-def make_camera_folder(source: Path, folder: Path, count: int) -> Path:
-    """`count` distinct 1024x768 JPEGs (quality 90) made from the class folders of `source`:
-    each photo scaled up (and, past the first round, mirrored or flipped so none repeats)."""
+def make_camera_folder(source: Path, folder: Path, count: int,
+                       size: tuple[int, int] = CAMERA_SIZE) -> Path:
+    """`count` distinct JPEGs of `size` (quality 90) made from the class folders of `source`:
+    each photo scaled up, and past the first round mirrored, flipped or turned (the 8 symmetries
+    of a rectangle), then past 8 rounds cropped a little more off its top-left corner each
+    round, so none repeats (4,317 photos make up to 138,144)."""
     from PIL import Image
 
     photos = _interleaved(sorted(path for path in source.rglob("*")
                                  if path.suffix.lower() == ".jpg"))
-    variants = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM)
-    if count > len(photos) * len(variants):
-        raise ValueError(f"At most {len(photos) * len(variants)} distinct photos can be made "
-                         f"from {source}. Received: count={count}.")
+    variants = (None, *Image.Transpose)  # the first three as before: None, mirrored, flipped
+    if count > len(photos) * len(variants) * CROPS:
+        raise ValueError(f"At most {len(photos) * len(variants) * CROPS} distinct photos can be "
+                         f"made from {source}. Received: count={count}.")
 
     def make(index: int) -> None:
         photo = photos[index % len(photos)]
-        variant = variants[index // len(photos)]
+        variant = variants[index // len(photos) % len(variants)]
+        crop = index // (len(photos) * len(variants))
         with Image.open(photo) as image:
-            image = image.convert("RGB").resize(CAMERA_SIZE, Image.Resampling.BILINEAR)
+            image = image.convert("RGB")
+            if crop:  # 3% more off the top and the left each round
+                width, height = image.size
+                image = image.crop((width * 3 * crop // 100, height * 3 * crop // 100,
+                                    width, height))
+            image = image.resize(size, Image.Resampling.BILINEAR)
         if variant is not None:
             image = image.transpose(variant)
         target = folder / photo.parent.name / f"{index:06d}_{photo.stem}.jpg"
@@ -230,5 +240,41 @@ def _print_table(results: dict) -> None:
           f"{results['scale_load_average_end']} at the end (2 cores shared with other jobs)")
 
 
+LARGE_SIZE = (640, 480)  # smaller than a camera's, so 100,000 of them are made in minutes
+
+
+def bench_large(count: int) -> dict:
+    """`python -m bench.bench_scale large COUNT` (not part of `make bench`: 100,000 photos take
+    about 10 GB of disk and many minutes): `python -m pipeline data` at 160 px on COUNT/4 and
+    COUNT distinct 640x480 JPEGs, with the time, the peak memory and the size of what it wrote."""
+    results: dict = {"large_images": count}
+    with tempfile.TemporaryDirectory(prefix="bench-large-") as temporary:
+        root = Path(temporary)
+        started = time.perf_counter()
+        whole = make_camera_folder(FLOWERS, root / "photos", count, size=LARGE_SIZE)
+        quarter = every_fourth(whole, root / "photos_quarter")
+        print(f"Made {count} photos of {LARGE_SIZE[0]}x{LARGE_SIZE[1]} in "
+              f"{time.perf_counter() - started:.0f} s.", flush=True)
+        for label, folder, photos in (("quarter", quarter, count // 4), ("whole", whole, count)):
+            name = f"large_{label}"
+            seconds, peak_mb, _ = timed_process([
+                sys.executable, "-m", "pipeline", "data", "--config", "configs/folder.yaml",
+                f"data.path={folder}", f"data.image_size={IMAGE_SIZE}", f"name={name}",
+                f"runs_dir={root / 'runs'}"])
+            written = sum(path.stat().st_size for path in (root / "runs" / name).rglob("*.npy"))
+            results.update({f"large_s_{label}": round(seconds, 1),
+                            f"large_peak_mb_{label}": round(peak_mb),
+                            f"large_written_mb_{label}": round(written / 2**20)})
+            print(f"  {photos:7d} photos: {seconds:6.0f} s ({photos / seconds:5.0f} photos/s), "
+                  f"peak {peak_mb:5.0f} MB, wrote {written / 2**20:6.0f} MB of arrays "
+                  f"(load average {_load():.1f})", flush=True)
+    results["large_peak_ratio"] = results["large_peak_mb_whole"] / results["large_peak_mb_quarter"]
+    print(f"4x the photos: {results['large_peak_ratio']:.2f}x the peak memory")
+    return results
+
+
 if __name__ == "__main__":
-    _job(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
+    if sys.argv[1] == "large":
+        bench_large(int(sys.argv[2]))
+    else:
+        _job(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
