@@ -146,8 +146,8 @@ class TrainConfig:
             layer), or "auto" (chosen by the training images per class, see the README).
         phase2_input: how phase 2 is fed: "cached" (activations at its start, cached once for
             the K views: cheap), "pixels" (the whole base runs every step on a fresh augmented
-            view of every image each epoch), or "auto" (cached when phase 2 starts at "top",
-            pixels when it starts lower).
+            view of every image each epoch), or "auto" (cached wherever phase 2 starts inside the
+            base, pixels from "all"; measured in the README).
         fine_tune_learning_rate: phase 2 Adam initial learning rate; "auto" takes the
             learning-rate finder's suggestion for the trainable part with the trained head
             (`pipeline.lr_find.sweep_fine_tune`, 150 steps; plot in the run folder).

@@ -116,3 +116,22 @@ def test_a_replaced_local_weights_file_makes_training_stale(tiny_config, tmp_pat
     after = stage_fingerprints(config)
     assert after["data"] == before["data"]
     assert after["train"] != before["train"] and after["search"] != before["search"]
+
+
+def test_phase_2_from_all_trains_every_layer_but_batch_norm_on_live_pixels(tiny_config, capsys):
+    """`train.fine_tune_from=all`: `auto` feeds it pixels augmented live (a cache at the input
+    would save nothing), and every weight trains except BatchNorm's."""
+    config = dataclasses.replace(
+        tiny_config, train=dataclasses.replace(tiny_config.train, fine_tune_from="all"))
+    run_stages(config, ("data", "train"))
+    output = capsys.readouterr().out
+    assert "(phase2_feeding: pixels)" in output
+    history = json.loads((config.run_dir / "train_history.json").read_text())
+    assert (history["fine_tune_from"], history["phase2_feeding"]) == ("all", "pixels")
+    model = keras.models.load_model(config.run_dir / "model.keras")
+    layers = [layer for layer in model.layers if isinstance(layer, keras.Model)] + [model]
+    batch_norm = sum(int(np.prod(weight.shape)) for owner in layers for layer in owner.layers
+                     if isinstance(layer, keras.layers.BatchNormalization)
+                     for weight in layer.weights)
+    trainable = model.count_params() - batch_norm
+    assert f"{model.count_params():,} parameters, {trainable:,} trainable." in output

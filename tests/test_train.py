@@ -205,13 +205,13 @@ def test_batch_norm_in_training_mode_would_change_the_loss():
 
 
 def test_phase2_feeding_follows_the_depth_unless_forced():
-    spec, base, *_ = _phase2_parts("top")
-    assert train.phase2_feeding("auto", base, spec, "top") == "cached"
-    assert train.phase2_feeding("auto", base, spec, "block6a") == "cached"
-    assert train.phase2_feeding("auto", base, spec, "block5a") == "pixels"
-    assert train.phase2_feeding("auto", base, spec, "all") == "pixels"
-    assert train.phase2_feeding("pixels", base, spec, "top") == "pixels"
-    assert train.phase2_feeding("cached", base, spec, "block4a") == "cached"
+    assert train.phase2_feeding("auto", "top") == "cached"
+    assert train.phase2_feeding("auto", "block6a") == "cached"
+    assert train.phase2_feeding("auto", "block5a") == "cached"
+    assert train.phase2_feeding("auto", "block4a") == "cached"
+    assert train.phase2_feeding("auto", "all") == "pixels"
+    assert train.phase2_feeding("pixels", "top") == "pixels"
+    assert train.phase2_feeding("cached", "block4a") == "cached"
 
 
 def test_auto_depth_goes_deeper_with_more_images_per_class(capsys):

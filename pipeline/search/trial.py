@@ -2,9 +2,9 @@
 
 Features are extracted once per augmentation chain (once in all unless `chain` is searched)
 into files on disk and read back memory-mapped, as training reads its own (issue 17: a large
-folder's caches need not fit in memory), so a head-only trial costs seconds. A full-recipe trial also runs phase 2
-on the activations cached where it starts (`train.fine_tune_from`, searchable: once per
-depth), starting every trial from the same pretrained weights. Both phases are
+folder's caches need not fit in memory), so a head-only trial costs seconds. A full-recipe
+trial also runs phase 2 on the activations cached where it starts (`train.fine_tune_from`,
+searchable: once per depth), starting every trial from the same pretrained weights. Both phases are
 `pipeline.train`'s own (`train_head`, `cached_phase2`, `fit_phase2`); a trial's score is the
 dev accuracy of the weights training keeps (the best epoch by `train.early_stopping_monitor`).
 The test split is never read.
