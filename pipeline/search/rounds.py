@@ -11,6 +11,7 @@ read: trials are trained on train and scored on dev.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -92,21 +93,18 @@ def search(config: ExperimentConfig, data: PreparedData, run_dir: Path,
     total = config.search.rounds * config.search.trials
     # issue 17: on a worker of a distributed search, a temporary folder (pipeline.search.cluster)
     with cluster.tuner_folder(run_dir / "search" / fingerprint[:16]) as folder, \
-            tqdm(total=total, desc="Search (trials)", unit="trial") as bar:
-        trainer = TrialTrainer(config, data, run_dir, scratch=folder / "scratch",
-                               caches=folder / "caches")
-        try:
-            for number in range(1, config.search.rounds + 1):
-                if number > 1 and trials:  # a worker never holds the trials: the chief zooms
-                    best = trials[:config.search.keep_best]
-                    space = spaces.zoom(space, best, config.search.zoom)
-                space = _round_space(folder / f"round_{number}.json", space)
-                rounds.append(spaces.to_json(space))
-                with cluster.round_port(number):
-                    trials = _run_round(config, trainer, space, folder, number, bar) + trials
-                trials.sort(key=lambda trial: -trial["dev_accuracy"])
-        finally:
-            trainer.close()
+            tqdm(total=total, desc="Search (trials)", unit="trial") as bar, \
+            contextlib.closing(TrialTrainer(config, data, run_dir, scratch=folder / "scratch",
+                                            caches=folder / "caches")) as trainer:
+        for number in range(1, config.search.rounds + 1):
+            if number > 1 and trials:  # a worker never holds the trials: the chief zooms
+                best = trials[:config.search.keep_best]
+                space = spaces.zoom(space, best, config.search.zoom)
+            space = _round_space(folder / f"round_{number}.json", space)
+            rounds.append(spaces.to_json(space))
+            with cluster.round_port(number):
+                trials = _run_round(config, trainer, space, folder, number, bar) + trials
+            trials.sort(key=lambda trial: -trial["dev_accuracy"])
     result = {"kind": "both phases" if trainer.both_phases else "head",
               "keys": {dimension.name: dimension.key for dimension in space},
               "rounds": rounds, "trials": trials,
