@@ -66,7 +66,10 @@ class DataConfig:
         split_by: "content" hashes the file bytes (duplicates share a split), "path" the path.
         on_bad_file: "skip" reports unreadable files and goes on; "error" stops at the first.
         max_image_pixels: decompression-bomb guard; larger images are skipped.
-        max_examples: keep at most this many training examples (0 keeps all); for quick runs.
+        max_examples: keep at most this many examples in all, before splitting (0 keeps all):
+            the same subset every run (the lowest hashes of the examples' keys), so every
+            split, a given test split too, shrinks in proportion; for quick runs and
+            learning curves.
         cache_dir: where decoded images and downloads are kept.
         decode_threads: threads decoding a folder's photos; 0 picks two per CPU core, at most
             8 (`pipeline.data.stream.default_decode_threads`).
