@@ -4,7 +4,7 @@ A person picks or drops a photo; the page sends its bytes to this server, which 
 the top 5 classes, drawn as bars. The server is the standard library's `http.server`, bound to
 127.0.0.1 only (nothing outside this machine can reach it), and reads nothing but the exported
 SavedModel. The photo is decoded by the bytes, as the data stage decodes files (JPEG, PNG,
-GIF or BMP, decided by content).
+GIF, BMP or WebP, decided by content).
 
     python -m pipeline demo --model models/photos --port 8000
 """
@@ -167,7 +167,7 @@ _PAGE = """<!doctype html>
 <body>
 <h1>Classify a photo with <code>{title}</code></h1>
 <p class="hint">Runs on this computer only: the photo goes to the local server, nowhere else.</p>
-<label id="drop" for="file">Drop a photo here, or click to pick one (JPEG, PNG, GIF, BMP)
+<label id="drop" for="file">Drop a photo here, or click to pick one (JPEG, PNG, GIF, BMP, WebP)
   <input id="file" type="file" accept="image/*">
 </label>
 <p id="status"></p>

@@ -59,7 +59,8 @@ LIMITS = """\
   reproduce Pillow's and OpenCV's arithmetic bit for bit (but Pillow 13 resizes some portrait
   photos vertical pass first: within one grey level). What differs: EXIF orientation is *not*
   applied (send photos upright; training saw them upright); GIF transparency is not
-  composited on white; BMPs other than uncompressed 24/32-bit are refused.
+  composited on white; BMPs other than uncompressed 24/32-bit are refused, and so are
+  animated WebPs (training took their first frame; still WebPs decode as in training).
 - `model*.tflite`, `model.onnx` and `model.keras` take pixels already resized to the input
   size; the snippets use Pillow's `ImageOps.fit` (one resize), close to but not exactly the
   two resizes of evaluation (`preprocessing.json`). For identical results send pixels or
@@ -121,7 +122,7 @@ def _metrics_section(metrics: dict) -> str:
 
 def _input_section(stored_size: int, image_size: int) -> str:
     return (f"## Intended input\n\nRGB photos like the training data. `saved_model/` takes "
-            f"the encoded files (JPEG, PNG, GIF, BMP) or uint8 pixels of any size and does "
+            f"the encoded files (JPEG, PNG, GIF, BMP, WebP) or uint8 pixels of any size and does "
             f"everything inside: shorter side to {stored_size} px and centre crop, then "
             f"{image_size} px. The other files take uint8 pixels (0-255) at {image_size}x"
             f"{image_size}; each normalises inside.")

@@ -4,8 +4,9 @@ Everything between a file and the network is inside the graph, reproducing what 
 does (`pipeline.data.images.load_image`, `resize_square`, the eval transform), so a deployer
 writes no preprocessing:
 
-    decode   JPEG with libjpeg's accurate integer DCT (Pillow's), PNG with its alpha composited
-             on white, GIF (first frame) and BMP by `tf.io.decode_image`
+    decode   JPEG with libjpeg's accurate integer DCT (Pillow's), PNG and WebP with their alpha
+             composited on white, GIF (first frame) and BMP by `tf.io.decode_image`; an
+             animated WebP is refused (TensorFlow 2.21's decoder corrupts memory on one)
     square   shorter side to the stored size, centre crop: Pillow's bilinear filter (a
              triangle widened by the scale when shrinking) with the crop box in continuous
              coordinates, in Pillow's fixed point: bit for bit what Pillow computes
@@ -15,7 +16,7 @@ writes no preprocessing:
     network  the trained Keras model (it normalises inside)
 
 Signatures (`tf.saved_model.load(path).signatures[...]`, or TensorFlow Serving):
-    serving_default  image_bytes: string (batch,)   encoded JPEG, PNG, GIF or BMP files
+    serving_default  image_bytes: string (batch,)   encoded JPEG, PNG, GIF, BMP or WebP files
     classify_pixels  pixels: uint8 (batch, height, width, 3)   RGB, any height and width
 Both return probabilities (batch, classes), classes (batch, k) strings and scores (batch, k).
 """
@@ -33,6 +34,10 @@ import tensorflow as tf
 _COEF_SCALE = 2048.0
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A WebP file is a RIFF container; an extended one ("VP8X" chunk) sets bit 1 of its flags
+# byte when animated.
+_RIFF_MAGIC, _WEBP_MAGIC, _EXTENDED_WEBP = b"RIFF", b"WEBP", b"VP8X"
+_WEBP_ANIMATED_FLAG = 0x02
 # Pillow resamples 8-bit images in fixed point with 22 fractional bits (PRECISION_BITS).
 _PILLOW_ONE = float(1 << 22)
 
@@ -76,18 +81,40 @@ def decode_image(data: tf.Tensor) -> tf.Tensor:
         return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
     def png():
-        rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
-        alpha = rgba[..., 3:] / 255.0
-        over_white = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-        return tf.cast(tf.round(over_white), tf.uint8)
+        return _over_white(tf.io.decode_png(data, channels=4))
+
+    def webp():
+        flags = tf.io.decode_raw(tf.strings.substr(data, 20, 1), tf.uint8)[0]
+        animated = tf.logical_and(tf.strings.substr(data, 12, 4) == _EXTENDED_WEBP,
+                                  tf.bitwise.bitwise_and(flags, _WEBP_ANIMATED_FLAG) > 0)
+        refuse = tf.debugging.Assert(tf.logical_not(animated), [
+            "An animated WebP cannot be decoded by this model's serving function; send one "
+            "frame of it as a JPEG, PNG or still WebP."])
+        with tf.control_dependencies([refuse]):
+            # One frame; 4 channels whether or not the file has alpha (channels=0)
+            frame = tf.io.decode_webp(data, channels=0)[0]
+        rgba = tf.concat([frame, tf.fill(tf.shape(frame[..., :1]), tf.constant(255, tf.uint8))],
+                         axis=-1)[..., :4]
+        return _over_white(rgba)
 
     def other():
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         return tf.ensure_shape(image, [None, None, 3])
 
-    head = tf.strings.substr(data, 0, 8)
+    head = tf.strings.substr(data, 0, 12)
+    is_webp = tf.logical_and(tf.strings.substr(head, 0, 4) == _RIFF_MAGIC,
+                             tf.strings.substr(head, 8, 4) == _WEBP_MAGIC)
     return tf.case([(tf.strings.substr(head, 0, 3) == _JPEG_MAGIC, jpeg),
-                    (head == _PNG_MAGIC, png)], default=other, exclusive=True)
+                    (tf.strings.substr(head, 0, 8) == _PNG_MAGIC, png),
+                    (is_webp, webp)], default=other, exclusive=True)
+
+
+def _over_white(rgba: tf.Tensor) -> tf.Tensor:
+    """uint8 RGBA -> uint8 RGB composited on white, rounded as Pillow's decode path does."""
+    rgba = tf.cast(rgba, tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    over_white = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return tf.cast(tf.round(over_white), tf.uint8)
 
 
 def resize_square(images: tf.Tensor, size: int) -> tf.Tensor:

@@ -86,7 +86,7 @@ def test_the_server_answers_the_top_classes_of_posted_bytes(classify, model_dir,
                 photo.read_bytes(), top_k=TOP_K)]
         assert len(answer["predictions"]) == TOP_K
         assert post(address + "/classify", b"hello") == (400, {"error": (
-            "not an image: the file holds text, not bmp, gif, jpeg, png data")})
+            "not an image: the file holds text, not bmp, gif, jpeg, png, webp data")})
         assert post(address + "/classify", b"")[0] == 400
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(address + "/secrets", timeout=60)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,7 +19,7 @@ from pipeline import export
 from pipeline.backbones import create_backbone, freeze_backbone, get_backbone_spec
 from pipeline.calibration import apply_temperature
 from pipeline.config import ConfigError, ModelConfig, load_config
-from pipeline.data.images import decode_image_bytes, resize_square
+from pipeline.data.images import decode_image_bytes, load_square, resize_square
 from pipeline.export import ExportCheckError, TestSplit, export_model, judge
 from pipeline.model import assemble_classifier, build_head
 from pipeline.predict import eval_inputs
@@ -133,23 +134,61 @@ def test_graph_square_resize_is_pillows_bit_for_bit(shape):
     np.testing.assert_array_equal(graph, resize_square(image, 40))
 
 
-@pytest.mark.parametrize("kind", ["cmyk_jpeg", "rgba_png", "gray16_png", "palette_png"])
+@pytest.mark.parametrize("kind", ["cmyk_jpeg", "rgba_png", "gray16_png", "palette_png",
+                                  "rgb_webp", "rgba_webp", "lossless_rgba_webp"])
 def test_graph_decodes_the_awkward_files_as_training_does(kind):
     from pipeline.serving import decode_image
 
     rng = np.random.default_rng(5)
     rgba = rng.integers(0, 256, (16, 12, 4), dtype=np.uint8)
-    image, image_format = {
-        "cmyk_jpeg": (Image.fromarray(rgba[..., :3]).convert("CMYK"), "JPEG"),
-        "rgba_png": (Image.fromarray(rgba, "RGBA"), "PNG"),
+    image, image_format, options = {
+        "cmyk_jpeg": (Image.fromarray(rgba[..., :3]).convert("CMYK"), "JPEG", {}),
+        "rgba_png": (Image.fromarray(rgba, "RGBA"), "PNG", {}),
         "gray16_png": (Image.fromarray(rng.integers(0, 65536, (16, 12)).astype(np.uint16)),
-                       "PNG"),
-        "palette_png": (Image.fromarray(rgba[..., :3]).convert("P"), "PNG"),
+                       "PNG", {}),
+        "palette_png": (Image.fromarray(rgba[..., :3]).convert("P"), "PNG", {}),
+        "rgb_webp": (Image.fromarray(rgba[..., :3]), "WEBP", {"quality": 80}),
+        "rgba_webp": (Image.fromarray(rgba, "RGBA"), "WEBP", {"quality": 80}),
+        "lossless_rgba_webp": (Image.fromarray(rgba, "RGBA"), "WEBP", {"lossless": True}),
     }[kind]
     buffer = io.BytesIO()
-    image.save(buffer, image_format)
+    image.save(buffer, image_format, **options)
     graph = decode_image(tf.constant(buffer.getvalue())).numpy()
     np.testing.assert_array_equal(graph, decode_image_bytes(buffer.getvalue()))
+
+
+def test_graph_refuses_an_animated_webp_with_a_message_where_training_takes_its_first_frame():
+    from pipeline.serving import decode_image
+
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert decode_image_bytes(buffer.getvalue())[0, 0].tolist() == [255, 0, 0]
+    graph = tf.function(decode_image, input_signature=[tf.TensorSpec((), tf.string)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="An animated WebP cannot be"):
+        graph(tf.constant(buffer.getvalue()))
+
+
+def test_the_export_checks_webp_test_files_from_their_bytes_and_an_animated_one_from_pixels(
+        run_dir, tmp_path):
+    rng = np.random.default_rng(7)
+    files = []
+    for index, (image_format, options) in enumerate(
+            [("WEBP", {"quality": 80}), ("WEBP", {"lossless": True}), ("JPEG", {}),
+             ("WEBP", {"save_all": True, "lossless": True}), ("PNG", {}), ("WEBP", {})]):
+        frames = [Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8))
+                  for _ in range(2)]
+        path = tmp_path / f"photo{index}.{image_format.lower()}"
+        extra = {"append_images": frames[1:]} if options.get("save_all") else {}
+        frames[0].save(path, image_format, **options, **extra)
+        files.append(str(path))
+    stored = np.stack([load_square(Path(file), 40)[0] for file in files])
+    test = TestSplit(stored, np.array([0, 1, 2, 0, 1, 2]), files)
+    exported = export_model(run_dir, tmp_path / "models" / "run", test=test, stored_size=40,
+                            formats=("saved_model",))
+    checks = json.loads((exported / "metrics.json").read_text())["export"]["checks"]
+    assert checks["saved_model_bytes"]["top1_agreement"] == 1.0
+    assert checks["saved_model_bytes"]["max_probability_difference"] < 1e-4
 
 
 @pytest.mark.parametrize(("stored", "size"), [(28, 96), (40, 32), (33, 97), (50, 50)])

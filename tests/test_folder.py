@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.data.folder import FolderScan, scan_image_folder
 from pipeline.data.images import MAX_PIXELS_CONFIG_KEY
@@ -225,18 +226,28 @@ def test_hidden_and_system_files_are_skipped_and_reported(image_file_factory):
 def test_unsupported_formats_are_counted_by_content_and_extension(image_file_factory):
     factory = image_file_factory
     _two_classes(factory)
-    factory.webp("cat/a.webp")
-    factory.webp("cat/webp_named.jpg")
-    factory.tiff("dog/b.tif")
+    factory.tiff("cat/a.tif")
+    factory.tiff("cat/tiff_named.jpg")
     factory.heic("dog/c.heic")
     factory.write_bytes("dog/d.heic", b"\x00" * 40)  # content unknown: extension decides
     factory.write_bytes("dog/e.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>")
     scan = _scan(factory.root)
-    assert scan.unsupported == {"heic": 2, "svg": 1, "tiff": 1, "webp": 2}
+    assert scan.unsupported == {"heic": 2, "svg": 1, "tiff": 2}
     skipped = _skipped_by_name(scan)
-    assert skipped["webp_named.jpg"][0] == "unsupported"
-    assert "unsupported image format 'webp'" in skipped["webp_named.jpg"][1]
+    assert skipped["tiff_named.jpg"][0] == "unsupported"
+    assert "unsupported image format 'tiff'" in skipped["tiff_named.jpg"][1]
     assert len(scan.items) == 2
+
+
+def test_webp_photos_are_images_whatever_their_extension(image_file_factory):
+    factory = image_file_factory
+    _two_classes(factory)
+    factory.webp("cat/a.webp")
+    factory.save("dog/webp_named.jpg", Image.new("RGBA", (8, 8), (9, 9, 9, 128)), "WEBP")
+    scan = _scan(factory.root, on_bad_file="error")
+    assert scan.unsupported == {}
+    assert {item.relative_path for item in scan.items} == {
+        "cat/c1.jpg", "cat/a.webp", "dog/d1.jpg", "dog/webp_named.jpg"}
 
 
 def test_other_files_are_ignored_not_errors(image_file_factory):
@@ -280,8 +291,8 @@ def test_on_bad_file_error_names_the_file(image_file_factory):
 
 def test_on_bad_file_error_covers_unsupported_formats(image_file_factory):
     _two_classes(image_file_factory)
-    image_file_factory.webp("dog/photo.webp")
-    with pytest.raises(ValueError, match=r"photo\.webp.*unsupported image format 'webp'"):
+    image_file_factory.tiff("dog/photo.tif")
+    with pytest.raises(ValueError, match=r"photo\.tif.*unsupported image format 'tiff'"):
         _scan(image_file_factory.root, on_bad_file="error")
 
 

@@ -70,14 +70,14 @@ def test_find_images_decides_by_content_and_leaves_out_what_the_data_stage_does(
         image_file_factory):
     root = image_file_factory.root / "new"
     image_file_factory.save("new/scan", Image.new("RGB", (8, 8)), "PNG")  # no extension
-    image_file_factory.webp("new/photo.webp")  # unsupported: found, then reported
+    image_file_factory.tiff("new/photo.tif")  # unsupported: found, then reported
     image_file_factory.jpeg("new/.hidden/c.jpg")
     image_file_factory.jpeg("new/__MACOSX/d.jpg")
     image_file_factory.ds_store("new/.DS_Store")
     image_file_factory.text("new/readme")
     (root / "gone.jpg").symlink_to(root / "nowhere.jpg")
     found, skipped = find_images([root])
-    assert found == [root / "photo.webp", root / "scan"]
+    assert found == [root / "photo.tif", root / "scan"]
     assert [(entry.path, entry.kind) for entry in skipped] == [(root / "gone.jpg", "link")]
     assert "dangling symlink" in skipped[0].reason
 

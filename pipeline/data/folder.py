@@ -53,8 +53,8 @@ What is skipped, and reported as a `SkippedFile` with a one-line reason and a ki
       files, `.git`), system files (`Thumbs.db`, `desktop.ini`) and `__MACOSX` folders.
     * "ignored": files that are not images by extension or content (`notes.txt`), files
       outside any class folder, and special files (pipes, sockets).
-    * "unsupported": recognised image formats this pipeline does not decode (WebP, TIFF,
-      HEIC, AVIF, RAW ...), decided by content first and by extension when the content is
+    * "unsupported": recognised image formats this pipeline does not decode (TIFF, HEIC,
+      AVIF, RAW ...), decided by content first and by extension when the content is
       not recognised. They are also counted per format in `FolderScan.unsupported`.
     * "bad": files that claim to be images (image extension or image content) but cannot be
       used: empty, truncated, corrupt, text, too many pixels, unreadable.
@@ -133,7 +133,6 @@ UNLABELLED_FOLDER_NAMES: frozenset[str] = frozenset(
 _TRAIN_AND_DEV_NAMES = frozenset({"trainval", "train_val"})
 _NAME_SEPARATORS = re.compile(r"[_\-. ]+")
 UNSUPPORTED_EXTENSIONS: dict[str, str] = {
-    ".webp": "webp",
     ".tif": "tiff",
     ".tiff": "tiff",
     ".heic": "heic",
@@ -206,7 +205,7 @@ class FolderScan:
         class_names: Usable class names, sorted; label i names `class_names[i]`.
         items: Usable images, sorted by relative path.
         skipped: Files and folders not used, with reasons.
-        unsupported: Count of unsupported image files per format (e.g. {"webp": 2}).
+        unsupported: Count of unsupported image files per format (e.g. {"tiff": 2}).
         duplicate_groups: Relative paths of files with identical bytes, one tuple per group.
         label_conflicts: Duplicate groups whose copies are filed under different classes.
         layout: "class_folders" or "split_folders".

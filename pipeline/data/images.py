@@ -7,10 +7,12 @@ looks the same to the model wherever it is read.
 Format policy:
     The format is decided by the file's *content* (its magic bytes), never by its extension:
     a PNG or GIF saved with a `.jpg` name is decoded as what it really is. The supported
-    formats are JPEG, PNG, GIF and BMP, the four that `tf.io.decode_image` also reads, so an
-    image accepted here can be decoded by an exported model's serving function as well.
-    WebP, TIFF, HEIC and AVIF are recognised but unsupported: they raise
-    `UnsupportedFormatError` (a subclass of `ImageDecodeError`) so callers can count them.
+    formats are JPEG, PNG, GIF, BMP and WebP, the ones TensorFlow's decoders also read, so an
+    image accepted here can be decoded by an exported model's serving function as well (an
+    animated WebP gives its first frame here; the serving function refuses it, since
+    TensorFlow 2.21's decoder corrupts memory on one). TIFF, HEIC and AVIF are recognised but
+    unsupported: they raise `UnsupportedFormatError` (a subclass of `ImageDecodeError`) so
+    callers can count them.
 
 Decoding policy (Pillow does the decoding):
     * Truncated or corrupt files raise; `ImageFile.LOAD_TRUNCATED_IMAGES` is never set.
@@ -35,14 +37,14 @@ from PIL import Image, ImageOps
 
 from pipeline.errors import DataError
 
-SUPPORTED_FORMATS: frozenset[str] = frozenset({"jpeg", "png", "gif", "bmp"})
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"jpeg", "png", "gif", "bmp", "webp"})
 """Formats `load_image` decodes, named as `sniff_format` names them."""
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".webp"}
 )
 """File extensions of the supported formats: what a folder scan and `predict` look for."""
 
-KNOWN_UNSUPPORTED_FORMATS: frozenset[str] = frozenset({"webp", "tiff", "heic", "avif"})
+KNOWN_UNSUPPORTED_FORMATS: frozenset[str] = frozenset({"tiff", "heic", "avif"})
 """Formats `sniff_format` recognises but `load_image` refuses."""
 
 MAX_PIXELS_CONFIG_KEY = "data.max_image_pixels"
@@ -50,7 +52,7 @@ MAX_PIXELS_CONFIG_KEY = "data.max_image_pixels"
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
-_PILLOW_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP"}
+_PILLOW_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WEBP"}
 # Pillow opens JPEGs that carry several pictures (some cameras write them) as "MPO".
 _PILLOW_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _VERIFY_DRAFT_SIZE = 64
@@ -77,7 +79,7 @@ class UnsupportedFormatError(ImageDecodeError):
     """The content is a recognised image format that this pipeline does not decode.
 
     Attributes:
-        image_format: The sniffed format name, e.g. "webp".
+        image_format: The sniffed format name, e.g. "tiff".
     """
 
     def __init__(self, image_format: str):
