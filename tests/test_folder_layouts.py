@@ -64,6 +64,7 @@ def no_image_reads(monkeypatch):
         ("Data-Train", "train"),
         ("train_images", "train"),
         ("train.v2", "train"),
+        ("train2017", "train"),
         ("trainval", "train"),
         ("train_val", "train"),
         ("VOC_trainval", "train"),
@@ -76,6 +77,7 @@ def no_image_reads(monkeypatch):
         ("validation_set", "dev"),
         ("development", "dev"),
         ("val images", "dev"),
+        ("val2017", "dev"),
         ("test", "test"),
         ("TEST", "test"),
         ("testing", "test"),
@@ -85,6 +87,8 @@ def no_image_reads(monkeypatch):
         ("eval", "test"),
         ("evaluation", "test"),
         ("tst", "test"),
+        ("test1", "test"),
+        ("Test_2", "test"),
         ("seg_test", "test"),
         ("train_test", None),
         ("val-test", None),
@@ -92,6 +96,8 @@ def no_image_reads(monkeypatch):
         ("cat", None),
         ("trains", None),
         ("contest", None),
+        ("contest2", None),
+        ("v2", None),
         ("pred", None),
         ("seg_pred", None),
         ("unlabeled", None),
@@ -252,6 +258,42 @@ def test_split_named_folders_of_loose_images_as_classes(image_file_factory):
     _write(image_file_factory, ["train/1.jpg", "train/2.jpg", "test/3.jpg"])
     scan = _scan(image_file_factory.root, layout="class_folders")
     assert scan.class_names == ("test", "train")
+    assert not any("named like a" in warning for warning in scan.warnings)  # as asked
+
+
+def test_kaggle_dogs_vs_cats_labels_in_file_names_are_refused(image_file_factory,
+                                                              no_image_reads):
+    # train/cat.0.jpg ... and test1/1.jpg: "test1" is the test split, not a class
+    _write(image_file_factory, ["train/cat.0.jpg", "train/dog.0.jpg", "test1/1.jpg"])
+    with pytest.raises(ValueError, match=r"folders test1, train in .* named like splits") as error:
+        _scan(image_file_factory.root)
+    assert "no image has a label" in str(error.value)
+
+
+def test_coco_style_numbered_split_folders(image_file_factory):
+    _write(image_file_factory, ["train2017/cat/1.jpg", "train2017/dog/2.jpg",
+                                "val2017/cat/3.jpg", "val2017/dog/4.jpg"])
+    scan = _scan(image_file_factory.root)
+    assert scan.layout == "split_folders"
+    assert scan.split_folder_names == {"train": "train2017", "dev": "val2017"}
+
+
+def test_a_class_folder_named_like_a_split_is_kept_with_a_warning(image_file_factory):
+    # CIFAR-100 has a class "train"; a folder of unsorted training images looks the same
+    _write(image_file_factory, ["bus/1.jpg", "train/2.jpg", "tractor/3.jpg"])
+    scan = _scan(image_file_factory.root)
+    assert scan.class_names == ("bus", "tractor", "train")
+    [warning] = [warning for warning in scan.warnings if "named like a" in warning]
+    assert "'train' is named like a train split folder" in warning
+    assert "data.split_folders" in warning
+
+
+def test_a_labels_file_beside_unsorted_images_is_named_in_the_error(image_file_factory):
+    _write(image_file_factory, ["images/1.jpg", "images/2.jpg"])
+    image_file_factory.write_bytes("labels.csv", b"1.jpg,cat\n2.jpg,dog\n")
+    with pytest.raises(ValueError, match=r"1 usable class\(es\) \('images'\)") as error:
+        _scan(image_file_factory.root)
+    assert "never from a file like 'labels.csv'" in str(error.value)
 
 
 # Wrapper folders

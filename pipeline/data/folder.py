@@ -132,6 +132,9 @@ UNLABELLED_FOLDER_NAMES: frozenset[str] = frozenset(
 """Folder names (and name tokens) of images without labels, such as Kaggle's `seg_pred`."""
 _TRAIN_AND_DEV_NAMES = frozenset({"trainval", "train_val"})
 _NAME_SEPARATORS = re.compile(r"[_\-. ]+")
+_NUMBERED_TOKEN = re.compile(r"([^\W\d_]+)\d+")
+# Files whose labels this pipeline does not read (it reads them from folder names).
+_LABEL_FILE_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".txt", ".xlsx"})
 UNSUPPORTED_EXTENSIONS: dict[str, str] = {
     ".tif": "tiff",
     ".tiff": "tiff",
@@ -449,11 +452,13 @@ def is_unlabelled_folder_name(name: str) -> bool:
 def _name_phrases(name: str) -> set[str]:
     """A folder name in NFC lower case, its tokens and its adjacent token pairs joined by
     "_": "Data-Train Set" gives {"data-train set", "data", "train", "set", "data_train",
-    "train_set"}."""
+    "train_set"}. A token's trailing number is dropped as well (COCO's `train2017`, Kaggle's
+    `test1`): "val2017" gives {"val2017", "val"}."""
     whole = _nfc(name).lower()
     tokens = [token for token in _NAME_SEPARATORS.split(whole) if token]
     pairs = {f"{first}_{second}" for first, second in itertools.pairwise(tokens)}
-    return {whole, *tokens, *pairs}
+    numbered = {match[1] for token in tokens if (match := _NUMBERED_TOKEN.fullmatch(token))}
+    return {whole, *tokens, *pairs, *numbered}
 
 
 def _checked_root(root: Path) -> Path:
@@ -529,7 +534,7 @@ def _find_layout(
             return found
         if layout == "split_folders":
             raise _no_split_folders_error(root, root_used, folders)
-    return _class_layout(root, root_used, folders, files)
+    return _class_layout(root, root_used, folders, files, warn_split_names=layout == "auto")
 
 
 def _unwrap_root(root: Path, lister: _FolderLister) -> Path:
@@ -552,8 +557,11 @@ def _is_wrapper(folders: list[Path], files: list[Path], lister: _FolderLister) -
     return bool(inner_folders) and not _has_image_names(inner_files)
 
 
-def _class_layout(root: Path, root_used: Path, folders: list[Path], files: list[Path]) -> _Layout:
-    """The class-folder layout: each folder of `root_used` is a class."""
+def _class_layout(root: Path, root_used: Path, folders: list[Path], files: list[Path], *,
+                  warn_split_names: bool) -> _Layout:
+    """The class-folder layout: each folder of `root_used` is a class; with
+    `warn_split_names`, a warning for each named like a split (CIFAR-100 has a class
+    'train', but more often it is a split folder of unsorted images)."""
     prefix = _relative(root, root_used)
     class_folders = tuple(
         _ClassFolder(path, _relative(root, path), _nfc(path.name), None) for path in folders
@@ -561,7 +569,14 @@ def _class_layout(root: Path, root_used: Path, folders: list[Path], files: list[
     _require_class_folders(root_used, class_folders, files)
     where = f" in {prefix} (wrapper folders unwrapped)" if prefix else ""
     description = f"Class folders found{where}: {len(class_folders)} folders, one per class."
-    return _Layout("class_folders", root_used, class_folders, {}, description)
+    warnings = tuple(
+        f"Class folder '{folder.relative_path}' is named like a {split} split folder. If it "
+        f"holds {split} images rather than pictures of a '{folder.class_name}', its images "
+        "are mislabelled: put them in one sub-folder per class, or name the split folders "
+        "with data.split_folders."
+        for folder in class_folders
+        if warn_split_names and (split := split_of_folder_name(folder.class_name)))
+    return _Layout("class_folders", root_used, class_folders, {}, description, warnings)
 
 
 def _require_class_folders(
@@ -1179,11 +1194,16 @@ def _check_enough_classes(
         return
     found = ", ".join(f"'{name}'" for name in class_names) or "none"
     empty = f" Class folders without usable images: {', '.join(excluded)}." if excluded else ""
+    label_files = [f"'{_relative(root, entry.path)}'" for entry in skipped
+                   if entry.kind == "ignored" and entry.path.suffix.lower() in _LABEL_FILE_SUFFIXES]
+    hint = (f" Labels are read from folder names only, never from a file like "
+            f"{_short_list(label_files, 3)}: sort the images into one folder per class (a few "
+            f"lines of Python reading that file can move them)." if label_files else "")
     raise DataError(
         f"Image folder '{root}' has {len(class_names)} usable class(es) ({found}); a "
         f"classifier needs at least 2.{empty} {len(skipped)} file(s) were skipped. Expected "
         f"one sub-folder per class with images inside, e.g. {root}/cat/1.jpg and "
-        f"{root}/dog/2.jpg."
+        f"{root}/dog/2.jpg.{hint}"
     )
 
 
