@@ -299,6 +299,27 @@ def test_a_labels_file_beside_unsorted_images_is_named_in_the_error(image_file_f
 # Wrapper folders
 
 
+def test_food101_image_folder_beside_its_metadata_is_used(image_file_factory):
+    # food-101/{images/<class>/*.jpg, meta/{train,test}.txt, README.txt}
+    _write(image_file_factory, ["food-101/images/apple_pie/1.jpg",
+                                "food-101/images/apple_pie/2.jpg", "food-101/images/ramen/3.jpg"])
+    image_file_factory.text("food-101/meta/train.txt")
+    image_file_factory.text("food-101/README.txt")
+    scan = _scan(image_file_factory.root)
+    assert scan.class_names == ("apple_pie", "ramen")
+    assert scan.root_used == image_file_factory.root / "food-101" / "images"
+    reasons = {entry.path.name: entry.reason for entry in scan.skipped}
+    assert "holds no images, beside the image folder 'images'" in reasons["meta"]
+
+
+def test_an_empty_class_folder_is_no_metadata(image_file_factory):
+    # cat/ holds sub-folders of images, dog/ is still empty: not a wrapper around cat/
+    _write(image_file_factory, ["cat/indoor/1.jpg", "cat/outdoor/2.jpg"])
+    (image_file_factory.root / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"1 usable class\(es\) \('cat'\)"):
+        _scan(image_file_factory.root)
+
+
 def test_wrapper_folders_are_unwrapped(image_file_factory):
     factory = image_file_factory
     _write(

@@ -5,6 +5,8 @@ is in `FolderScan.layout`, `given_splits`, `split_folder_names` and `layout_desc
     * Wrapper folders: while the root holds exactly one visible folder and no image files,
       and that folder holds sub-folders but no image files and is not named like a split,
       the scan descends into it (a Kaggle download `archive/chest_xray/{train,val,test}`).
+      It also descends into the one folder of images among folders that hold files but no
+      images (Food-101's `images/<class>/` beside `meta/`), skipping the others.
       `FolderScan.root_used` is the folder reached; relative paths stay relative to `root`.
     * "split_folders" by name: every visible top-level folder (the skipped folders below
       aside) is named like a split (see below) and a train folder holds sub-folders. Each
@@ -538,14 +540,55 @@ def _find_layout(
 
 
 def _unwrap_root(root: Path, lister: _FolderLister) -> Path:
-    """Descends through wrapper folders (see `_is_wrapper`); returns the folder reached."""
+    """Descends through wrapper folders (see `_is_wrapper` and `_beside_metadata`); returns
+    the folder reached."""
     folder = root
     folders, files = lister.contents(folder)
-    while _is_wrapper(folders, files, lister):
+    while True:
+        if _is_wrapper(folders, files, lister):
+            inner = folders[0]
+        elif (inner := _beside_metadata(folders, files, lister)) is not None:
+            for other in folders:
+                if other != inner:
+                    lister.skip_log.add(other, f"holds no images, beside the image folder "
+                                               f"'{inner.name}' that was used", "ignored")
+        else:
+            return folder
         lister.log_unlabelled_files(files)
-        folder = folders[0]
+        folder = inner
         folders, files = lister.contents(folder)
-    return folder
+
+
+def _beside_metadata(folders: list[Path], files: list[Path],
+                     lister: _FolderLister) -> Path | None:
+    """The one folder of images among folders of other files (Food-101's `images/<class>/`
+    beside `meta/*.txt`): it holds class folders, no loose images and is no split; every other
+    folder holds files but no image. None when the folders are not like that (an empty
+    folder may be a class still to fill, so it is no metadata)."""
+    if len(folders) < 2 or _has_image_names(files):
+        return None
+    with_images = [folder for folder in folders if _holds_image_names(folder, lister)]
+    if len(with_images) != 1:
+        return None
+    [inner] = with_images
+    inner_folders, inner_files = lister.contents(inner)
+    if (not inner_folders or _has_image_names(inner_files) or split_of_folder_name(inner.name)
+            or is_unlabelled_folder_name(inner.name)):
+        return None
+    others = [folder for folder in folders if folder != inner]
+    return inner if all(_holds_files(folder, lister) for folder in others) else None
+
+
+def _holds_image_names(folder: Path, lister: _FolderLister) -> bool:
+    """Whether any file at any depth of `folder` has an image extension (stops at the first)."""
+    sub_folders, files = lister.contents(folder)
+    return _has_image_names(files) or any(_holds_image_names(sub, lister) for sub in sub_folders)
+
+
+def _holds_files(folder: Path, lister: _FolderLister) -> bool:
+    """Whether `folder` holds any visible file at any depth."""
+    sub_folders, files = lister.contents(folder)
+    return bool(files) or any(_holds_files(sub, lister) for sub in sub_folders)
 
 
 def _is_wrapper(folders: list[Path], files: list[Path], lister: _FolderLister) -> bool:
