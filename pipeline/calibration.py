@@ -19,6 +19,12 @@ import numpy as np
 
 ECE_BINS = 15  # Guo et al.'s choice; with ~900 test images, about 60 per bin on average
 _TEMPERATURE_RANGE = (0.05, 20.0)
+# Fewer dev images than this fit a temperature to a handful of answers: with 2 dev images one
+# run here fitted T = 0.05 (the range's edge), making every test probability near 0 or 1.
+MIN_DEV_IMAGES = 50
+# A fit near the search range's edges (a likelihood still falling there, when dev's answers
+# are all right or all wrong) is no calibration; trained networks need about 0.5-5.
+_PLAUSIBLE_TEMPERATURES = (0.1, 10.0)
 
 
 def reliability_bins(labels: np.ndarray, probabilities: np.ndarray,
@@ -101,14 +107,32 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.exp((low + high) / 2.0))
 
 
+def why_not_applied(calibration: dict) -> str:
+    """Why a `calibration_report`'s temperature was not kept (reports written before the
+    reason was recorded were only ever refused for being no better on test)."""
+    return calibration.get("not_applied_because") or "no better on test"
+
+
+def _reason_not_to_apply(dev_images: int, temperature: float, better_on_test: bool) -> str | None:
+    if dev_images < MIN_DEV_IMAGES:
+        return f"dev has {dev_images} images, too few to fit it (at least {MIN_DEV_IMAGES})"
+    low, high = _PLAUSIBLE_TEMPERATURES
+    if not low <= temperature <= high:
+        return (f"T = {temperature:.3f} is outside {low:g}-{high:g}: a degenerate fit (dev's "
+                f"answers all right or all wrong), not a calibration")
+    return None if better_on_test else "no better on test"
+
+
 def calibration_report(dev_labels: np.ndarray, dev_probabilities: np.ndarray,
                        test_labels: np.ndarray, test_probabilities: np.ndarray) -> dict:
     """ECE before and after temperature scaling fitted on dev; the temperature is kept only
-    when it lowers the test ECE (else 1.0, the model as trained).
+    when dev has at least `MIN_DEV_IMAGES` images, the fit is plausible (0.1-10, not run off
+    towards the search range's edges) and it lowers the test ECE; else 1.0, as trained.
 
     Returns:
         {"bins", "temperature_fitted", "temperature" (the one to apply: fitted or 1.0),
-         "applied", "dev": {"ece", "ece_scaled", "nll", "nll_scaled"}, "test": {same},
+         "applied", "not_applied_because" (None when applied, else the reason in words),
+         "dev": {"ece", "ece_scaled", "nll", "nll_scaled"}, "test": {same},
          "reliability": {"plain": reliability_bins(test), "scaled": ... with the fitted T}}
     """
     temperature = fit_temperature(dev_labels, dev_probabilities)
@@ -122,7 +146,9 @@ def calibration_report(dev_labels: np.ndarray, dev_probabilities: np.ndarray,
             "nll": negative_log_likelihood(labels, probabilities),
             "nll_scaled": negative_log_likelihood(labels, scaled),
         }
-    result["applied"] = result["test"]["ece_scaled"] < result["test"]["ece"]
+    result["not_applied_because"] = _reason_not_to_apply(
+        len(dev_labels), temperature, result["test"]["ece_scaled"] < result["test"]["ece"])
+    result["applied"] = result["not_applied_because"] is None
     result["temperature"] = temperature if result["applied"] else 1.0
     result["reliability"] = {
         "plain": reliability_bins(test_labels, test_probabilities),

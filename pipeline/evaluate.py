@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import write_json
+from pipeline.calibration import why_not_applied
 from pipeline.config import EvaluateConfig
 from pipeline.data.splits import SPLIT_NAMES, stratified_sample
 
@@ -461,10 +462,11 @@ def format_extras(result: dict) -> str:
     """Calibration and test-time augmentation in a few lines for the terminal."""
     calibration = result["calibration"]
     test = calibration["test"]
+    kept = "kept" if calibration["applied"] else f"not kept: {why_not_applied(calibration)}"
     lines = [f"calibration (test, {calibration['bins']} bins): ECE {_percent(test['ece'])}; "
              f"temperature {calibration['temperature_fitted']:.3f} fitted on dev gives ECE "
              f"{_percent(test['ece_scaled'])} ("
-             f"{'kept' if calibration['applied'] else 'not kept: no better on test'})"]
+             f"{kept})"]
     if "tta" in result:
         tta = result["tta"]
         lines.append(

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from pipeline.atomic import write_text, write_with
+from pipeline.calibration import why_not_applied
 from pipeline.config import EvaluateConfig
 from pipeline.data.splits import SPLIT_NAMES
 from pipeline.evaluate import diagnose_bias_variance, split_errors
@@ -622,7 +623,7 @@ def markdown_extras(metrics: dict) -> list[str]:
         rows = [[split, *(f"{calibration[split][key]:.2%}" for key in ("ece", "ece_scaled")),
                  *(f"{calibration[split][key]:.4f}" for key in ("nll", "nll_scaled"))]
                 for split in ("dev", "test")]
-        kept = "kept" if calibration["applied"] else "not kept (no better on test)"
+        kept = "kept" if calibration["applied"] else f"not kept ({why_not_applied(calibration)})"
         lines += ["## Calibration", "",
                   f"Temperature fitted on dev: {calibration['temperature_fitted']:.3f}, {kept}; "
                   f"the exported probabilities use T = {calibration['temperature']:.3f}.", "",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.calibration import (
+    MIN_DEV_IMAGES,
     apply_temperature,
     calibration_report,
     expected_calibration_error,
@@ -75,3 +76,21 @@ def test_the_report_keeps_the_temperature_only_when_it_lowers_the_test_ece():
     report = calibration_report(dev_labels, dev, test_labels, test)
     assert not report["applied"] and report["temperature"] == 1.0
     assert sum(report["reliability"]["plain"]["count"]) == 3000
+
+
+def test_a_temperature_is_not_kept_from_too_small_a_dev_split_or_a_degenerate_fit():
+    test_labels, test = sampled(3000, sharpen=3.0, seed=4)
+    dev_labels, dev = sampled(3000, sharpen=3.0, seed=3)
+    few = calibration_report(dev_labels[:MIN_DEV_IMAGES - 1], dev[:MIN_DEV_IMAGES - 1],
+                             test_labels, test)
+    assert not few["applied"] and few["temperature"] == 1.0
+    assert few["not_applied_because"] == (f"dev has {MIN_DEV_IMAGES - 1} images, too few to "
+                                          f"fit it (at least {MIN_DEV_IMAGES})")
+    enough = calibration_report(dev_labels[:MIN_DEV_IMAGES], dev[:MIN_DEV_IMAGES],
+                                test_labels, test)
+    assert enough["applied"] and enough["not_applied_because"] is None
+    # every dev answer right: the likelihood wants T -> 0, towards the search range's edge
+    right = np.eye(4)[dev_labels] * 0.6 + 0.1
+    degenerate = calibration_report(dev_labels, right, test_labels, test)
+    assert degenerate["temperature_fitted"] < 0.1 and not degenerate["applied"]
+    assert "a degenerate fit" in degenerate["not_applied_because"]
