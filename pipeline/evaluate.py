@@ -104,7 +104,8 @@ def evaluate_stage(config: EvaluateConfig, run_dir: Path, *, config_summary: dic
     diagnosis = diagnose_bias_variance(
         train_error=metrics["train"]["error"], dev_error=metrics["dev"]["error"],
         test_error=metrics["test"]["error"], baseline_error=config.baseline_error,
-        tolerance=config.diagnosis_tolerance)
+        tolerance=config.diagnosis_tolerance,
+        examples={split: metrics[split]["num_examples"] for split in SPLIT_NAMES})
     history = load_history(run_dir)
     names = list(data.class_names)
     result = {
@@ -487,14 +488,19 @@ def diagnose_bias_variance(
     test_error: float | None = None,
     baseline_error: float = 0.0,
     tolerance: float = EvaluateConfig.diagnosis_tolerance,
+    examples: dict[str, int] | None = None,
 ) -> dict:
     """Reads train/dev/test errors the way Andrew Ng's recipe does and advises what to try.
 
     Three gaps, each with its size: avoidable bias (train - baseline), variance (dev - train)
-    and dev/test mismatch (test - dev). A gap counts as a problem when it exceeds `tolerance`;
-    the largest problem is the one to work on first, and `next_steps` say how, naming config
-    keys. Train error should be measured on the training images without augmentation or
-    dropout (`model.evaluate`), otherwise it reads high and hides variance.
+    and dev/test mismatch (test - dev). A gap counts as a problem when it exceeds `tolerance`
+    and, given the splits' sizes (`examples`), what chance alone moves it by: two standard
+    errors of the difference of the two measured error rates (each `p (1 - p) / n`, with p
+    smoothed as `(errors + 1) / (n + 2)`). With 2 dev and 4 test images one image is 25-50
+    points, so no gap between them says anything, and the advice says so instead of naming a
+    cure. The largest problem is the one to work on first, and `next_steps` say how, naming
+    config keys. Train error should be measured on the training images without augmentation
+    or dropout (`model.evaluate`), otherwise it reads high and hides variance.
 
     Args:
         train_error: Error on the training set, a fraction in [0, 1].
@@ -502,14 +508,19 @@ def diagnose_bias_variance(
         test_error: Error on the test set, if it was evaluated.
         baseline_error: Human-level or Bayes-error proxy; 0.0 if unknown.
         tolerance: Largest gap still considered acceptable (`evaluate.diagnosis_tolerance`).
+        examples: {"train", "dev", "test"} -> how many images each error was measured on;
+            None (or a split left out) counts that error as exact.
 
     Returns:
         A dict with the inputs, `avoidable_bias`, `variance`, `dev_test_gap` (None without a
         test error), `gaps` (`{name: size}` for the gaps measured), the flags `high_bias`,
         `high_variance`, `dev_test_mismatch`, a `verdict` in {"high bias", "high variance",
-        "high bias and high variance", "good fit"}, `largest_gap` (the name of the largest
-        gap above tolerance, or None), `next_steps` (what to change for it), a one-line
-        `summary` and `advice`, every step for every problem, largest gap first.
+        "high bias and high variance", "good fit", "too few images to tell" (a gap beyond
+        tolerance that chance could make)}, `largest_gap` (the name of the largest
+        gap above tolerance, or None), `chance` (`{gap: two standard errors}`),
+        `thresholds` (`{gap: the larger of tolerance and chance}`), `next_steps` (what to
+        change for it), a one-line `summary` and `advice`, every step for every problem,
+        largest gap first.
 
     Raises:
         ValueError: If an error is outside [0, 1] or the tolerance is negative.
@@ -524,12 +535,19 @@ def diagnose_bias_variance(
     _validate_fractions(errors, tolerance)
     gaps = {name: float(errors[upper] - errors[lower])
             for name, lower, upper in GAPS if upper in errors}
-    problems = {name: size for name, size in gaps.items() if size > tolerance + _GAP_EPSILON}
+    chance = {name: _chance(errors, examples or {}, lower, upper)
+              for name, lower, upper in GAPS if upper in errors}
+    thresholds = {name: max(tolerance, chance[name]) for name in gaps}
+    problems = {name: size for name, size in gaps.items()
+                if size > thresholds[name] + _GAP_EPSILON}
     largest = max(problems, key=problems.get, default=None)
     diagnosis = {
         **{name: float(value) for name, value in errors.items()},
         "test_error": None if test_error is None else float(test_error),
         "tolerance": float(tolerance),
+        "examples": dict(examples or {}),
+        "chance": chance,
+        "thresholds": thresholds,
         "avoidable_bias": gaps["avoidable bias"],
         "variance": gaps["variance"],
         "dev_test_gap": gaps.get("dev/test mismatch"),
@@ -537,13 +555,28 @@ def diagnose_bias_variance(
         "high_bias": "avoidable bias" in problems,
         "high_variance": "variance" in problems,
         "dev_test_mismatch": "dev/test mismatch" in problems,
-        "verdict": _verdict("avoidable bias" in problems, "variance" in problems),
+        "verdict": _verdict("avoidable bias" in problems, "variance" in problems,
+                            masked=any(tolerance + _GAP_EPSILON < abs(size) <= chance[name]
+                                       for name, size in gaps.items())),
         "largest_gap": largest,
     }
     diagnosis["next_steps"] = [] if largest is None else _steps_for(largest, problems)
     diagnosis["summary"] = _summary(diagnosis)
     diagnosis["advice"] = _advice(diagnosis, problems)
     return diagnosis
+
+
+def _chance(errors: dict[str, float], examples: dict[str, int], lower: str, upper: str) -> float:
+    """Two standard errors of the gap `upper - lower` from sampling alone: the baseline, and
+    an error whose split size is not given, count as exact."""
+    variance = 0.0
+    for key in (lower, upper):
+        count = examples.get(key.removesuffix("_error"))
+        if key == "baseline_error" or not count:
+            continue
+        smoothed = (errors[key] * count + 1) / (count + 2)
+        variance += smoothed * (1 - smoothed) / count
+    return float(2 * np.sqrt(variance))
 
 
 def _validate_fractions(errors: dict[str, float], tolerance: float) -> None:
@@ -558,14 +591,15 @@ def _validate_fractions(errors: dict[str, float], tolerance: float) -> None:
         raise ValueError(f"Expected tolerance >= 0. Received: tolerance={tolerance}.")
 
 
-def _verdict(high_bias: bool, high_variance: bool) -> str:
+def _verdict(high_bias: bool, high_variance: bool, *, masked: bool) -> str:
+    """`masked`: some gap beyond tolerance was left out as chance (a small split)."""
     if high_bias and high_variance:
         return "high bias and high variance"
     if high_bias:
         return "high bias"
     if high_variance:
         return "high variance"
-    return "good fit"
+    return "too few images to tell" if masked else "good fit"
 
 
 def _steps_for(gap: str, problems: dict[str, float]) -> list[str]:
@@ -584,9 +618,13 @@ def _summary(diagnosis: dict) -> str:
     flag = ", dev/test mismatch" if diagnosis["dev_test_mismatch"] else ""
     largest = diagnosis["largest_gap"]
     focus = f"; largest: {largest}" if largest and diagnosis["verdict"] != largest else ""
+    noisy = [f"{names.get(name, name)} ±{_percent(size)}"
+             for name, size in diagnosis["chance"].items()
+             if size > diagnosis["tolerance"] + _GAP_EPSILON]
+    chance = f"; chance: {', '.join(noisy)}" if noisy else ""
     return (
         f"{diagnosis['verdict']}{flag} ({', '.join(parts)}; "
-        f"tolerance {_percent(diagnosis['tolerance'])}{focus})"
+        f"tolerance {_percent(diagnosis['tolerance'])}{chance}{focus})"
     )
 
 
@@ -603,7 +641,8 @@ def _advice(diagnosis: dict, problems: dict[str, float]) -> list[str]:
             "[both] tune `model.dropout`, `model.l2` and `train.early_stopping_patience` once "
             "train error nears the baseline: they trade one gap for the other."
         )
-    if diagnosis["variance"] < -diagnosis["tolerance"] - _GAP_EPSILON:
+    advice += _chance_advice(diagnosis, problems)
+    if diagnosis["variance"] < -diagnosis["thresholds"]["variance"] - _GAP_EPSILON:
         advice.append(
             f"[variance {_percent(diagnosis['variance'], signed=True)}] dev error {dev} is "
             f"below train error {train}: measure train error without "
@@ -612,10 +651,29 @@ def _advice(diagnosis: dict, problems: dict[str, float]) -> list[str]:
     if not advice:
         advice.append(
             f"[good fit] train {train}, dev {dev}, baseline {baseline}: every gap is within "
-            f"tolerance {_percent(diagnosis['tolerance'])}; to go further, lower the baseline "
-            "(`evaluate.baseline_error`, a better human-level estimate) or try a bigger "
+            f"tolerance {_percent(diagnosis['tolerance'])} or chance; to go further, lower the "
+            "baseline (`evaluate.baseline_error`, a better human-level estimate) or try a bigger "
             "backbone (`model.backbone`)."
         )
+    return advice
+
+
+def _chance_advice(diagnosis: dict, problems: dict[str, float]) -> list[str]:
+    """One line per gap beyond tolerance that chance alone could make, naming the split sizes
+    and how to measure it: more images in the smaller split."""
+    sizes = diagnosis["examples"]
+    advice = []
+    for name, lower, upper in GAPS:
+        size, noise = diagnosis["gaps"].get(name), diagnosis["chance"].get(name, 0.0)
+        if (size is None or name in problems or abs(size) <= diagnosis["tolerance"]
+                or noise <= diagnosis["tolerance"]):
+            continue
+        splits = [key.removesuffix("_error") for key in (lower, upper) if key != "baseline_error"]
+        counted = " and ".join(f"{sizes[split]} {split}" for split in splits if split in sizes)
+        advice.append(
+            f"[chance ±{_percent(noise)}] the {name} of {_percent(size, signed=True)} is within "
+            f"two standard errors of what {counted} images measure: chance alone can make it. "
+            "Add images, or give dev and test more of them (`data.split_ratios`), to tell.")
     return advice
 
 

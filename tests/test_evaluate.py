@@ -315,3 +315,24 @@ def test_train_error_sample_covers_every_class_of_class_sorted_data():
     assert np.all(np.abs(counts - expected) <= 1), counts
     np.testing.assert_array_equal(chosen, train_error_sample(labels, 5000))  # stable
     assert len(train_error_sample(labels, 0)) == len(labels)
+
+
+def test_gaps_that_chance_alone_can_make_on_small_splits_are_not_problems():
+    # the tiny run: 10 train images sampled, 2 dev, 4 test
+    errors = {"train_error": 0.20, "dev_error": 0.0, "test_error": 0.25}
+    tiny = diagnose_bias_variance(**errors, examples={"train": 10, "dev": 2, "test": 4})
+    assert not tiny["dev_test_mismatch"] and tiny["largest_gap"] is None
+    assert tiny["verdict"] == "too few images to tell"
+    assert tiny["chance"]["dev/test mismatch"] > 0.5  # one image is 25-50 points here
+    assert "chance: avoidable bias ±27.39%, variance ±" in tiny["summary"]
+    [line] = [step for step in tiny["advice"] if "dev/test mismatch of" in step]
+    assert line.startswith("[chance ±") and "2 dev and 4 test images" in line
+    assert not any("variance -" in step and "below train error" in step
+                   for step in tiny["advice"])  # -20 points on 2 dev images is no finding
+    # without sizes the same errors read as a mismatch, as before
+    assert diagnose_bias_variance(**errors)["dev_test_mismatch"]
+    # the same gaps measured on 10,000 images each are real
+    large = diagnose_bias_variance(**errors, examples={"train": 10_000, "dev": 10_000,
+                                                       "test": 10_000})
+    assert large["dev_test_mismatch"] and large["thresholds"]["dev/test mismatch"] == 0.02
+    assert "chance" not in large["summary"]
