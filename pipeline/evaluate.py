@@ -670,10 +670,13 @@ def _chance_advice(diagnosis: dict, problems: dict[str, float]) -> list[str]:
             continue
         splits = [key.removesuffix("_error") for key in (lower, upper) if key != "baseline_error"]
         counted = " and ".join(f"{sizes[split]} {split}" for split in splits if split in sizes)
+        held_out = [split for split in splits if split != "train"]
+        more = (f", or give {' and '.join(held_out)} a larger share (`data.split_ratios`)"
+                if held_out else "")
         advice.append(
             f"[chance ±{_percent(noise)}] the {name} of {_percent(size, signed=True)} is within "
             f"two standard errors of what {counted} images measure: chance alone can make it. "
-            "Add images, or give dev and test more of them (`data.split_ratios`), to tell.")
+            f"Add images{more}{',' if more else ''} to tell.")
     return advice
 
 
