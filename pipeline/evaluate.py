@@ -515,8 +515,8 @@ def diagnose_bias_variance(
         A dict with the inputs, `avoidable_bias`, `variance`, `dev_test_gap` (None without a
         test error), `gaps` (`{name: size}` for the gaps measured), the flags `high_bias`,
         `high_variance`, `dev_test_mismatch`, a `verdict` in {"high bias", "high variance",
-        "high bias and high variance", "good fit", "too few images to tell" (a gap beyond
-        tolerance that chance could make)}, `largest_gap` (the name of the largest
+        "high bias and high variance", "good fit", "too few images to tell" (bias or
+        variance beyond tolerance that chance could make)}, `largest_gap` (the name of the largest
         gap above tolerance, or None), `chance` (`{gap: two standard errors}`),
         `thresholds` (`{gap: the larger of tolerance and chance}`), `next_steps` (what to
         change for it), a one-line `summary` and `advice`, every step for every problem,
@@ -556,8 +556,8 @@ def diagnose_bias_variance(
         "high_variance": "variance" in problems,
         "dev_test_mismatch": "dev/test mismatch" in problems,
         "verdict": _verdict("avoidable bias" in problems, "variance" in problems,
-                            masked=any(tolerance + _GAP_EPSILON < abs(size) <= chance[name]
-                                       for name, size in gaps.items())),
+                            masked=any(tolerance + _GAP_EPSILON < abs(gaps[name]) <= chance[name]
+                                       for name in ("avoidable bias", "variance"))),
         "largest_gap": largest,
     }
     diagnosis["next_steps"] = [] if largest is None else _steps_for(largest, problems)
@@ -592,7 +592,8 @@ def _validate_fractions(errors: dict[str, float], tolerance: float) -> None:
 
 
 def _verdict(high_bias: bool, high_variance: bool, *, masked: bool) -> str:
-    """`masked`: some gap beyond tolerance was left out as chance (a small split)."""
+    """`masked`: bias or variance beyond tolerance was left out as chance (a small split);
+    a dev/test gap left out so has its own advice line, not the verdict."""
     if high_bias and high_variance:
         return "high bias and high variance"
     if high_bias:

@@ -336,3 +336,9 @@ def test_gaps_that_chance_alone_can_make_on_small_splits_are_not_problems():
                                                        "test": 10_000})
     assert large["dev_test_mismatch"] and large["thresholds"]["dev/test mismatch"] == 0.02
     assert "chance" not in large["summary"]
+    # a dev/test gap that chance can make leaves the bias/variance verdict alone
+    fit = diagnose_bias_variance(train_error=0.10, dev_error=0.11, test_error=0.14,
+                                 baseline_error=0.09,
+                                 examples={"train": 2000, "dev": 500, "test": 500})
+    assert fit["verdict"] == "good fit" and not fit["dev_test_mismatch"]
+    assert any(step.startswith("[chance ±") for step in fit["advice"])
