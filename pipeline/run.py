@@ -20,7 +20,14 @@ from pathlib import Path
 from pipeline.atomic import remove_partial_writes
 from pipeline.config import ExperimentConfig, save_config, to_dict
 from pipeline.errors import StageOrderError
-from pipeline.stages import file_digest, fingerprint, run_folder_lock, run_stage, stale_reason
+from pipeline.stages import (
+    code_digest,
+    file_digest,
+    fingerprint,
+    run_folder_lock,
+    run_stage,
+    stale_reason,
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,8 @@ def _export(config: ExperimentConfig, run_dir: Path, fingerprint: str) -> list[s
 
 
 def _data_reads(config: ExperimentConfig) -> dict:
-    reads = {"data": to_dict(config.data), "source": source_stamp(config)}
+    # The code, once here, reaches every stage through the chain of fingerprints.
+    reads = {"data": to_dict(config.data), "source": source_stamp(config), "code": code_digest()}
     if config.data.image_size == "auto":  # the backbone bounds the size the stage picks
         from pipeline.backbones import auto_size_range
 

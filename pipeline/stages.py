@@ -5,12 +5,15 @@ resolved config and the hashes of its input artifacts. When a stage is asked to 
 that fingerprint is unchanged and its outputs are still there as it wrote them (their content
 hashes are in the lock file too), it is skipped, like `make` or a DVC lock file. A stage that
 fails or is killed records nothing, so it runs again next time; an output damaged or removed
-since makes its stage run again, with a line saying why.
+since makes its stage run again, with a line saying why. The pipeline's own code is an input
+too (`code_digest`, part of the data stage's fingerprint and so of every stage's): after an
+upgrade or an edit of the package, every stage runs again, with a line saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +54,19 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the `pipeline` package's source files (names included), computed once per
+    process: a stage's outputs depend on the code that wrote them as much as on its config."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            digest.update(str(path.relative_to(package)).encode())
+            digest.update(sha256_of(path).encode())
+    return digest.hexdigest()[:16]
+
+
 def read_lock(run_dir: Path) -> dict:
     """The lock file's entries; a damaged lock file (written atomically, so damaged from
     outside) counts as empty, with a line saying so: every stage then runs again."""
@@ -75,6 +91,8 @@ def stale_reason(run_dir: Path, stage: str, stage_fingerprint: str) -> str | Non
     if not entry:
         return "it has not run in this folder"
     if entry.get("fingerprint") != stage_fingerprint:
+        if entry.get("code", code_digest()) != code_digest():
+            return "the pipeline's code changed since it last ran (an upgrade or an edit)"
         return "its inputs changed"
     digests = entry.get("digests", {})
     for output in entry.get("outputs", []):
@@ -98,7 +116,7 @@ def record_stage(run_dir: Path, stage: str, stage_fingerprint: str, outputs: lis
     lock = read_lock(run_dir)
     digests = {output: file_digest(run_dir / output) for output in outputs}
     lock[stage] = {"fingerprint": stage_fingerprint, "outputs": outputs, "digests": digests,
-                   **(extra or {})}
+                   "code": code_digest(), **(extra or {})}
     write_json(run_dir / LOCK_FILE, lock)
 
 
@@ -114,7 +132,7 @@ def run_stage(run_dir: Path, stage: str, stage_fingerprint: str, work: Callable[
         print(f"[{stage}] up to date (inputs unchanged since the last run); skipped. "
               f"Pass --force to run it again.")
         return False
-    if reason and "output" in reason:
+    if reason and ("output" in reason or "code" in reason):
         print(f"[{stage}] runs again: {reason}.")
     outputs = work()
     record_stage(run_dir, stage, stage_fingerprint, outputs)

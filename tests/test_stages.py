@@ -103,3 +103,34 @@ def test_a_damaged_lock_file_reruns_every_stage(tmp_path, content, capsys):
     assert "lock.json is damaged" in capsys.readouterr().out
     record_stage(tmp_path, "data", "f1", [])  # and it is written whole again
     assert is_fresh(tmp_path, "data", "f1")
+
+
+def test_a_change_of_the_pipeline_code_reruns_the_stage_and_says_why(tmp_path, monkeypatch,
+                                                                      capsys):
+    from pipeline import stages
+
+    calls = []
+
+    def work():
+        calls.append(1)
+        return []
+
+    assert run_stage(tmp_path, "data", "f1", work)
+    assert not run_stage(tmp_path, "data", "f1", work)  # same code, same inputs: skipped
+    # A new version of the package: its digest changes, and so do the fingerprints built on it.
+    monkeypatch.setattr(stages, "code_digest", lambda: "another version")
+    assert run_stage(tmp_path, "data", "f2", work)
+    assert "[data] runs again: the pipeline's code changed" in capsys.readouterr().out
+    assert len(calls) == 2
+
+
+def test_the_code_digest_is_in_every_stage_fingerprint(monkeypatch):
+    from pipeline import run, stages
+    from pipeline.config import load_config
+
+    config = load_config(None, [])
+    before = run.stage_fingerprints(config)
+    monkeypatch.setattr(run, "code_digest", lambda: "another version")
+    after = run.stage_fingerprints(config)
+    assert all(before[name] != after[name] for name in before), (before, after)
+    assert len(stages.code_digest()) == 16
