@@ -586,3 +586,119 @@ def test_two_folders_holding_split_folders_are_ambiguous(image_file_factory, no_
     image_file_factory.jpeg("b/test/x/4.jpg", seed=4)
     with pytest.raises(ValueError, match=r"folders a, b all hold the same sub-folders"):
         _scan(image_file_factory.root)
+
+
+# Layouts of popular downloads whose folders are not classes (probed from their real trees)
+
+
+def test_oxford_pets_images_beside_annotations_are_refused(image_file_factory, no_image_reads):
+    # images/Abyssinian_1.jpg ... and annotations/trimaps/Abyssinian_1.png: labels in names
+    _write(image_file_factory, ["images/Abyssinian_1.jpg", "images/beagle_1.jpg",
+                                "annotations/trimaps/Abyssinian_1.png"])
+    image_file_factory.text("annotations/list.txt")
+    with pytest.raises(ValueError, match="not one folder per class") as error:
+        _scan(image_file_factory.root)
+    message = str(error.value)
+    assert "a folder named 'images' holds the images of every class, beside annotations" in message
+    assert "data.layout=class_folders" in message and "No image was read" in message
+
+
+def test_an_image_set_folder_name_is_a_class_when_asked(image_file_factory):
+    _write(image_file_factory, ["images/1.jpg", "annotations/2.jpg"])
+    scan = _scan(image_file_factory.root, layout="class_folders")
+    assert scan.class_names == ("annotations", "images")
+
+
+@pytest.mark.parametrize("names", [
+    ("HAM10000_images_part_1", "HAM10000_images_part_2"),  # with HAM10000_metadata.csv
+    ("images_001", "images_002"),  # NIH ChestX-ray14, labels in Data_Entry_2017.csv
+    ("part1", "part2", "part3"),
+])
+def test_numbered_parts_of_one_image_set_are_refused(image_file_factory, no_image_reads, names):
+    _write(image_file_factory, [f"{name}/{index}.jpg" for index, name in enumerate(names)])
+    image_file_factory.text("metadata.csv")
+    with pytest.raises(ValueError, match="differ only by a number, like parts of one image set"
+                       ) as error:
+        _scan(image_file_factory.root)
+    assert "never from a file like 'metadata.csv'" in str(error.value)
+
+
+def test_numbered_part_folders_without_a_label_file_are_refused_by_their_name(
+        image_file_factory, no_image_reads):
+    _write(image_file_factory, ["batch_1/1.jpg", "batch_2/2.jpg"])
+    with pytest.raises(ValueError, match="differ only by a number"):
+        _scan(image_file_factory.root)
+
+
+@pytest.mark.parametrize("names", [("class_1", "class_2"), ("0", "1", "2"), ("a1", "b2")])
+def test_numbered_class_names_without_a_label_file_are_classes(image_file_factory, names):
+    _write(image_file_factory, [f"{name}/{index}.jpg" for index, name in enumerate(names)])
+    assert _scan(image_file_factory.root).class_names == tuple(sorted(names))
+
+
+def test_fruits360_split_folders_beside_papers_and_loose_images(image_file_factory):
+    # Training/<class>, Test/<class>, test-multiple_fruits/*.jpg (no label), papers/*.pdf
+    _write(image_file_factory, ["Training/Apple/1.jpg", "Training/Kiwi/2.jpg",
+                                "Test/Apple/3.jpg", "Test/Kiwi/4.jpg",
+                                "test-multiple_fruits/5.jpg"])
+    image_file_factory.text("papers/fruits.pdf")
+    image_file_factory.text("readme.md")
+    scan = _scan(image_file_factory.root)
+    assert scan.layout == "split_folders"
+    assert scan.split_folder_names == {"train": "Training", "test": "Test"}
+    assert scan.class_names == ("Apple", "Kiwi")
+    warnings = "\n".join(scan.warnings)
+    assert "'papers' holds no images; it was skipped" in warnings
+    assert "'test-multiple_fruits' holds images outside class folders" in warnings
+
+
+def test_a_folder_of_class_folders_beside_train_keeps_the_class_layout(image_file_factory):
+    # "extra" may be a class of sub-folders: the layout stays class folders, with a warning
+    _write(image_file_factory, ["train/a/1.jpg", "extra/b/2.jpg"])
+    scan = _scan(image_file_factory.root)
+    assert scan.layout == "class_folders"
+    assert scan.class_names == ("extra", "train")
+
+
+def test_tiny_imagenet_val_of_unsorted_images_gives_no_dev_split(image_file_factory):
+    # train/<wnid>/images/*.JPEG; val/images/*.JPEG labelled in val/val_annotations.txt
+    _write(image_file_factory, ["train/n01/images/1.JPEG", "train/n02/images/2.JPEG",
+                                "val/images/3.JPEG", "val/images/4.JPEG"])
+    image_file_factory.text("val/val_annotations.txt")
+    scan = _scan(image_file_factory.root)
+    assert scan.class_names == ("n01", "n02")
+    assert scan.given_splits == ("train",)
+    [warning] = [warning for warning in scan.warnings if "match none of train's" in warning]
+    assert "Split folder 'val' holds folders (images)" in warning
+    assert "no dev split is given" in warning
+    assert not any(item.relative_path.startswith("val/") for item in scan.items)
+
+
+def test_a_dev_folder_sharing_one_class_with_train_is_used(image_file_factory):
+    _write(image_file_factory, ["train/cat/1.jpg", "train/dog/2.jpg", "val/cat/3.jpg",
+                                "val/bird/4.jpg"])
+    scan = _scan(image_file_factory.root)
+    assert scan.given_splits == ("train", "dev")
+
+
+@pytest.mark.parametrize(("train", "other", "split"), [
+    ("rps", "rps-test-set", "test"),
+    ("horse-or-human", "validation-horse-or-human", "dev"),
+])
+def test_the_one_folder_named_like_no_split_is_train_by_elimination(image_file_factory, train,
+                                                                    other, split):
+    _write(image_file_factory, [f"{train}/rock/1.jpg", f"{train}/paper/2.jpg",
+                                f"{other}/rock/3.jpg", f"{other}/paper/4.jpg"])
+    scan = _scan(image_file_factory.root)
+    assert scan.split_folder_names == {"train": train, split: other}
+    [warning] = [warning for warning in scan.warnings if "named like no split" in warning]
+    assert f"'{train}' is named like no split; it was taken as the train split" in warning
+    assert "data.split_folders" in warning
+
+
+def test_kaggle_cifar10_label_file_is_named_in_the_error(image_file_factory, no_image_reads):
+    # train/1.png ... with trainLabels.csv, test/ unlabelled
+    _write(image_file_factory, ["train/1.jpg", "train/2.jpg", "test/3.jpg"])
+    image_file_factory.text("trainLabels.csv")
+    with pytest.raises(ValueError, match="never from a file like 'trainLabels.csv'"):
+        _scan(image_file_factory.root)

@@ -12,14 +12,24 @@ is in `FolderScan.layout`, `given_splits`, `split_folder_names` and `layout_desc
       aside) is named like a split (see below) and a train folder holds sub-folders. Each
       split folder's sub-folders are its classes; the class sets may differ (a class missing
       from test is fine). Two folders named like one split (`train/`, `training/`) are an
-      error.
+      error. Beside the split folders (train among them), folders without images (Fruits-360's
+      `papers/`) and folders of loose images (its `test-multiple_fruits/`) are skipped with a
+      warning; a dev or test folder whose folders match none of train's classes (Tiny
+      ImageNet's `val/images/`) gives no split, with a warning.
     * "split_folders" by structure: two or more top-level folders that all hold the same set
       of at least two sub-folder names (NFC, case-insensitive) look like split folders,
-      whatever their names. When the names do not say which split is which (`part1/`,
+      whatever their names. When exactly one is named like no split and the others like
+      distinct splits other than train (`rps/` beside `rps-test-set/`), it is train, with a
+      warning. When the names do not say which split is which (`part1/`,
       `part2/`; or classes `cat/{indoor,outdoor}`, `dog/{indoor,outdoor}`) it is an error
       naming both fixes: `split_folders` (config `data.split_folders`) or
       `layout="class_folders"` (config `data.layout`).
     * "class_folders": otherwise, `root/<class>/...`, images at any depth in a class folder.
+      In the auto layout, folders that are plainly no classes are an error before any image
+      is read: one named like a dataset's image folder (`IMAGE_SET_FOLDER_NAMES`: Oxford
+      Pets' `images/` beside `annotations/`), or names that differ only by a number, like
+      parts of one download, either named so (`images_001`, `HAM10000_images_part_1`) or
+      beside a label file (`part_1/`, `part_2/` beside `metadata.csv`).
       When every top-level folder is named like a split but the train folder holds no
       sub-folders (`train/*.jpg`, `test/*.jpg`), no image has a label: that is an error.
 
@@ -137,6 +147,13 @@ _NAME_SEPARATORS = re.compile(r"[_\-. ]+")
 _NUMBERED_TOKEN = re.compile(r"([^\W\d_]+)\d+")
 # Files whose labels this pipeline does not read (it reads them from folder names).
 _LABEL_FILE_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".txt", ".xlsx"})
+IMAGE_SET_FOLDER_NAMES: frozenset[str] = frozenset(
+    {"images", "image", "imgs", "img", "jpegimages", "photos", "pictures", "pics"}
+)
+"""Folder names that say "a dataset's images", never one class (Oxford Pets' `images/`
+beside `annotations/`, PASCAL VOC's `JPEGImages/`)."""
+_PART_WORDS = IMAGE_SET_FOLDER_NAMES | {"part", "batch", "chunk", "shard", "set", "folder", "dir"}
+_NUMBERED_NAME = re.compile(r"(.*?)[_\-. ]*(\d+)")
 UNSUPPORTED_EXTENSIONS: dict[str, str] = {
     ".tif": "tiff",
     ".tiff": "tiff",
@@ -610,6 +627,8 @@ def _class_layout(root: Path, root_used: Path, folders: list[Path], files: list[
         _ClassFolder(path, _relative(root, path), _nfc(path.name), None) for path in folders
     )
     _require_class_folders(root_used, class_folders, files)
+    if warn_split_names:
+        _refuse_image_set_folders(root_used, class_folders, files)
     where = f" in {prefix} (wrapper folders unwrapped)" if prefix else ""
     description = f"Class folders found{where}: {len(class_folders)} folders, one per class."
     warnings = tuple(
@@ -620,6 +639,54 @@ def _class_layout(root: Path, root_used: Path, folders: list[Path], files: list[
         for folder in class_folders
         if warn_split_names and (split := split_of_folder_name(folder.class_name)))
     return _Layout("class_folders", root_used, class_folders, {}, description, warnings)
+
+
+def _refuse_image_set_folders(
+    root: Path, folders: tuple[_ClassFolder, ...], top_files: list[Path]
+) -> None:
+    """Raises, before any image is read, when the class folders are plainly no classes:
+    one is named like a dataset's image folder (`images/` beside `annotations/`), or they
+    differ only by a number, like parts of one download (HAM10000's `..._part_1`,
+    `..._part_2`; NIH ChestX-ray14's `images_001` ...), named so or beside a label file."""
+    if len(folders) < 2:
+        return
+    names = [folder.class_name for folder in folders]
+    label_files = _label_files(top_files)
+    hint = _label_file_hint(label_files) or (
+        " Labels are read from folder names only: sort the images into one folder per class.")
+    fix = (f"{hint.strip()} For example {root}/cat/1.jpg and {root}/dog/2.jpg. If "
+           f"{_short_list(names)} really are the classes, set data.layout=class_folders. No "
+           "image was read.")
+    image_sets = [name for name in names if name.lower() in IMAGE_SET_FOLDER_NAMES]
+    if image_sets:
+        raise DataError(
+            f"'{root}' looks like a dataset's images with their annotations or metadata, not "
+            f"one folder per class: a folder named '{image_sets[0]}' holds the images of "
+            f"every class, beside {_short_list(n for n in names if n != image_sets[0])}. {fix}"
+        )
+    matches = [_NUMBERED_NAME.fullmatch(name.lower()) for name in names]
+    if not all(matches) or len({match[1] for match in matches}) != 1 or not matches[0][1]:
+        return
+    words = set(_NAME_SEPARATORS.split(matches[0][1]))
+    if words & _PART_WORDS or label_files:
+        raise DataError(
+            f"The folders {_short_list(names)} in '{root}' differ only by a number, like "
+            f"parts of one image set, not classes. {fix}"
+        )
+
+
+def _label_files(files: Iterable[Path]) -> list[str]:
+    """The quoted names of files that may hold labels (`labels.csv`, `trainLabels.csv`)."""
+    return [f"'{path.name}'" for path in files if path.suffix.lower() in _LABEL_FILE_SUFFIXES]
+
+
+def _label_file_hint(label_files: list[str]) -> str:
+    """The sentence naming files whose labels are never read, or "" when there are none."""
+    if not label_files:
+        return ""
+    return (f" Labels are read from folder names only, never from a file like "
+            f"{_short_list(label_files, 3)}: sort the images into one folder per class (a few "
+            f"lines of Python reading that file can move them).")
 
 
 def _require_class_folders(
@@ -640,23 +707,38 @@ def _detected_split_layout(
 ) -> _Layout | None:
     """The split layout the names or the structure of `root_used` show, or None.
 
-    Structure alone never decides which folder is which split: two folders holding the same
-    class folders whose names are all distinct splits, train included, already pass the
-    name rule, so every other such case is ambiguous.
+    Structure alone decides which folder is which split only by elimination: among folders
+    holding the same class folders, one named like no split beside others named like
+    distinct splits other than train is train. Every other such case is ambiguous.
     """
     unlabelled = [folder for folder in folders if is_unlabelled_folder_name(folder.name)]
     candidates = [folder for folder in folders if folder not in unlabelled]
     copies = [folder for folder in candidates if _holds_split_folders(folder, lister)]
     named = [folder for folder in candidates if folder not in copies]
     splits = [split_of_folder_name(folder.name) for folder in named]
-    if _named_like_splits(root, named, splits, lister):
+    extras: list[Path] = []
+    warnings: list[str] = []
+    if _named_like_splits(root, named, splits, lister, lister.contents(root_used)[1]):
         split_paths = _distinct_splits(root, named, splits)
+    elif (kept := _split_folders_beside_extras(named, splits, lister)) is not None:
+        named, extras = kept
+        split_paths = _distinct_splits(root, named, [split_of_folder_name(f.name) for f in named])
     elif _share_class_folders(candidates, lister):
         all_splits = [split_of_folder_name(folder.name) for folder in candidates]
-        raise _ambiguous_layout_error(root, candidates, all_splits, lister)
+        split_paths = _train_by_elimination(candidates, all_splits)
+        if copies or split_paths is None:
+            raise _ambiguous_layout_error(root, candidates, all_splits, lister)
+        train = _relative(root, split_paths["train"])
+        others = ", ".join(f"'{_relative(root, path)}' ({split})"
+                           for split, path in split_paths.items() if split != "train")
+        warnings.append(
+            f"Folder '{train}' is named like no split; it was taken as the train split, since "
+            f"it holds the same class folders as {others}. If that is wrong, name the splits "
+            "with data.split_folders."
+        )
     else:
         return None
-    warnings = _skip_folders(
+    warnings += _skip_folders(
         root,
         unlabelled,
         "folder named like unlabelled data: its images have no labels",
@@ -672,7 +754,46 @@ def _detected_split_layout(
         "was skipped. To use it instead, pass it as the image folder.",
         lister,
     )
+    for folder in extras:
+        loose = _holds_image_names(folder, lister)
+        reason = ("holds images outside class folders, so they have no label" if loose
+                  else "holds no images")
+        warnings += _skip_folders(root, [folder], f"{reason}, beside the split folders",
+                                  f"{reason}; it was skipped beside the split folders.", lister)
     return _split_layout(root, root_used, split_paths, lister, "found", warnings)
+
+
+def _split_folders_beside_extras(
+    named: list[Path], splits: list[str | None], lister: _FolderLister
+) -> tuple[list[Path], list[Path]] | None:
+    """Split folders of class folders, train among them, beside folders that cannot be
+    classes of a class-folder layout either: folders without images (Fruits-360's `papers/`)
+    and folders of loose images (its `test-multiple_fruits/`). Returns (split folders,
+    extras), or None when any other folder holds images in sub-folders (a class, maybe)."""
+    with_classes = [folder for folder, split in zip(named, splits, strict=True)
+                    if split and lister.contents(_unwrap_split_folder(folder, lister))[0]]
+    extras = [folder for folder in named if folder not in with_classes]
+    if not extras or "train" not in {split_of_folder_name(f.name) for f in with_classes}:
+        return None
+    for folder in extras:
+        sub_folders, _ = lister.contents(folder)
+        if any(_holds_image_names(sub, lister) for sub in sub_folders):
+            return None
+    return with_classes, extras
+
+
+def _train_by_elimination(
+    folders: list[Path], splits: list[str | None]
+) -> dict[str, Path] | None:
+    """Split -> folder when exactly one of the folders is named like no split and the others
+    are named like distinct splits other than train (`rps/` beside `rps-test-set/`,
+    `horse-or-human/` beside `validation-horse-or-human/`): the unnamed one is train."""
+    unnamed = [folder for folder, split in zip(folders, splits, strict=True) if split is None]
+    named = [split for split in splits if split is not None]
+    if len(unnamed) != 1 or not named or "train" in named or len(set(named)) != len(named):
+        return None
+    found = {split: folder for folder, split in zip(folders, splits, strict=True) if split}
+    return {"train": unnamed[0], **found}
 
 
 def _holds_split_folders(folder: Path, lister: _FolderLister) -> bool:
@@ -694,7 +815,8 @@ def _skip_folders(
 
 
 def _named_like_splits(
-    root: Path, candidates: list[Path], splits: list[str | None], lister: _FolderLister
+    root: Path, candidates: list[Path], splits: list[str | None], lister: _FolderLister,
+    top_files: list[Path],
 ) -> bool:
     """Whether every folder is named like a split and a train folder holds sub-folders.
 
@@ -714,8 +836,8 @@ def _named_like_splits(
         f"The folders {names} in '{root}' are named like splits, but the train folder "
         f"'{_relative(root, trains[0])}' holds no class folders, so no image has a label. "
         f"Put each split's images in one sub-folder per class, e.g. "
-        f"{_relative(root, trains[0])}/cat/1.jpg. If {names} really are the classes, set "
-        "data.layout=class_folders."
+        f"{_relative(root, trains[0])}/cat/1.jpg.{_label_file_hint(_label_files(top_files))} "
+        f"If {names} really are the classes, set data.layout=class_folders."
     )
 
 
@@ -835,7 +957,11 @@ def _split_layout(
             continue
         folder = _unwrap_split_folder(split_paths[split], lister)
         found = _split_class_folders(root, folder, split, lister)
-        if found:
+        if found and split != "train" and "train" in names and not _shares_a_class(
+                found, class_folders):
+            warnings.append(_no_shared_class_warning(root, folder, split, found, class_folders))
+            lister.skip_log.add(folder, "its folders match none of train's classes", "ignored")
+        elif found:
             class_folders += found
             names[split] = _relative(root, folder)
         else:
@@ -852,6 +978,25 @@ def _split_layout(
     description = f"Split folders {source}: {pairs}{note}."
     return _Layout(
         "split_folders", root_used, tuple(class_folders), names, description, tuple(warnings)
+    )
+
+
+def _shares_a_class(found: list[_ClassFolder], train: list[_ClassFolder]) -> bool:
+    """Whether a split's class folders share a name (NFC, case-insensitive) with train's."""
+    train_names = {folder.class_name.lower() for folder in train}
+    return any(folder.class_name.lower() in train_names for folder in found)
+
+
+def _no_shared_class_warning(root: Path, folder: Path, split: str, found: list[_ClassFolder],
+                             train: list[_ClassFolder]) -> str:
+    """The warning for a split folder whose folders are none of train's classes (Tiny
+    ImageNet's `val/images/` of unsorted images, labelled in `val_annotations.txt`)."""
+    return (
+        f"Split folder '{_relative(root, folder)}' holds folders "
+        f"({_short_list(f.class_name for f in found)}) that match none of train's classes "
+        f"({_short_list(f.class_name for f in train)}), so its images have no usable label "
+        f"and were skipped; no {split} split is given, and splits not given are carved from "
+        f"train. Sort them into folders named like train's classes to use them."
     )
 
 
@@ -1239,9 +1384,7 @@ def _check_enough_classes(
     empty = f" Class folders without usable images: {', '.join(excluded)}." if excluded else ""
     label_files = [f"'{_relative(root, entry.path)}'" for entry in skipped
                    if entry.kind == "ignored" and entry.path.suffix.lower() in _LABEL_FILE_SUFFIXES]
-    hint = (f" Labels are read from folder names only, never from a file like "
-            f"{_short_list(label_files, 3)}: sort the images into one folder per class (a few "
-            f"lines of Python reading that file can move them)." if label_files else "")
+    hint = _label_file_hint(label_files)
     raise DataError(
         f"Image folder '{root}' has {len(class_names)} usable class(es) ({found}); a "
         f"classifier needs at least 2.{empty} {len(skipped)} file(s) were skipped. Expected "
