@@ -82,6 +82,8 @@ lr-find: install $(DATA_DEPS)
 
 test: install $(FASHION_MNIST) $(CHROMIUM)
 	$(PY) -m pytest -q --durations=15
+test-e2e: install $(FASHION_MNIST)
+	$(PY) -m pytest -q -m e2e --durations=10
 test-slow: install $(FASHION_MNIST)
 	$(PY) -m pytest -q -m slow
 test-faults: install

@@ -36,6 +36,7 @@ def test_bench_input_pipeline_reports_both_ratios():
     assert result["input_pipeline_source"] == "given"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", sorted(TRAIN_MODELS))
 def test_bench_online_training_runs_every_model(model):
     images, labels = tiny_images()

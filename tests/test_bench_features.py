@@ -46,6 +46,7 @@ def test_bench_cached_head_returns_positive_ratios_and_rates():
     assert goals["phase1_speedup_over_epochs"]["goal"] == pytest.approx(0.8 * 3)
 
 
+@pytest.mark.e2e
 def test_bench_time_to_accuracy_on_a_tiny_folder(tmp_path):
     rng = np.random.default_rng(0)
     for index in range(30):

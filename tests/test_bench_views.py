@@ -1,6 +1,7 @@
 """Tests for bench.bench_views: a smoke run on a tiny class folder, and the plot."""
 
 import numpy as np
+import pytest
 
 from bench.bench_views import compare_views, plot_views
 
@@ -12,6 +13,7 @@ def test_compare_views_skips_without_the_folder(tmp_path):
     assert "skipped" in compare_views(tmp_path / "absent")
 
 
+@pytest.mark.e2e
 def test_compare_views_runs_every_k_and_seed_on_the_same_splits(image_file_factory, tmp_path):
     for label in ("cats", "dogs"):
         for index in range(12):

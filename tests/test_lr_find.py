@@ -131,6 +131,7 @@ def test_lr_find_command_writes_the_plot_and_the_sweep(tmp_path, capsys):
         capsys.readouterr().out)
 
 
+@pytest.mark.e2e
 def test_train_with_fine_tune_rate_auto_sweeps_phase_2_and_trains_with_the_suggestion(
         tmp_path):
     from pipeline.lr_find import FINE_TUNE_SWEEP

@@ -77,6 +77,7 @@ def test_make_data_reads_the_classes_not_the_split_names(layout, tmp_path):
     assert "Split folders found" in result.stdout
 
 
+@pytest.mark.e2e
 def test_make_train_on_train_and_val_folders_tests_on_a_carved_split(tmp_path):
     root = tmp_path / "photos"
     classes = split_layout(root, {"train": 10, "val": 4})

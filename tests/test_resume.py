@@ -62,7 +62,7 @@ def kill_when(process: subprocess.Popen, pattern: str, runs: Path, timeout: floa
 # fresh view each epoch: the resumed epochs must draw the views the killed run would have;
 # about 1.4x the cached run's time, so it runs with `make test-slow`).
 @pytest.mark.parametrize("depth", [
-    pytest.param([], id="cached"),
+    pytest.param([], id="cached", marks=pytest.mark.e2e),
     pytest.param(["train.fine_tune_from=block5a", "train.phase2_input=pixels"], id="pixels",
                  marks=pytest.mark.slow)])
 def test_a_run_killed_in_phase_2_resumes_to_the_same_weights(tiny_fashion_mnist, tmp_path,

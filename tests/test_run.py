@@ -29,6 +29,7 @@ def tiny_config(tmp_path):
         f"export.models_dir={tmp_path / 'models'}", "name=tiny"])
 
 
+@pytest.mark.e2e
 def test_all_stages_write_their_artifacts(tiny_config, tmp_path, capsys):
     run_dir = tiny_config.run_dir
     stale = run_dir / "backup" / "phase1"  # an older config's backup (or an older layout's)

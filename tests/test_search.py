@@ -130,6 +130,7 @@ def test_a_trial_scores_the_epoch_early_stopping_keeps():
     assert kept_accuracy(history, "val_accuracy") == 0.8
 
 
+@pytest.mark.e2e
 def test_trials_fine_tune_from_the_searched_depth_on_activations_cached_there(tiny_config,
                                                                            tmp_path):
     """`fine_tune_from` searched: each depth gets its own cached activations (once), and a
