@@ -702,3 +702,43 @@ def test_kaggle_cifar10_label_file_is_named_in_the_error(image_file_factory, no_
     image_file_factory.text("trainLabels.csv")
     with pytest.raises(ValueError, match="never from a file like 'trainLabels.csv'"):
         _scan(image_file_factory.root)
+
+
+def test_new_plant_diseases_split_folders_inside_beside_an_unlabelled_test(image_file_factory):
+    # <name>/<name>/{train,valid}/<class>/ beside test/test/*.JPG (no labels)
+    name = "New Plant Diseases Dataset(Augmented)"
+    _write(image_file_factory, [f"{name}/{name}/train/Apple_scab/1.jpg",
+                                f"{name}/{name}/train/Apple_healthy/2.jpg",
+                                f"{name}/{name}/valid/Apple_scab/3.jpg",
+                                f"{name}/{name}/valid/Apple_healthy/4.jpg", "test/test/5.JPG"])
+    scan = _scan(image_file_factory.root)
+    assert scan.class_names == ("Apple_healthy", "Apple_scab")
+    assert scan.split_folder_names == {"train": f"{name}/{name}/train",
+                                       "dev": f"{name}/{name}/valid"}
+    [warning] = [warning for warning in scan.warnings if "'test' was skipped" in warning]
+    assert f"the split folders are in '{name}/{name}'" in warning
+
+
+def test_versions_of_the_same_images_are_named_in_the_ambiguity_error(image_file_factory,
+                                                                     no_image_reads):
+    _write(image_file_factory, [f"{version}/{label}/{index}.jpg"
+                                for index, (version, label) in enumerate(
+                                    [("color", "scab"), ("color", "rust"),
+                                     ("grayscale", "scab"), ("grayscale", "rust")])])
+    with pytest.raises(ValueError, match="If they are versions of the same images") as error:
+        _scan(image_file_factory.root)
+    assert f"data.path='{image_file_factory.root / 'color'}'" in str(error.value)
+
+
+def test_roboflow_classification_export_names_its_classes_csv_not_its_readme(
+        image_file_factory, no_image_reads):
+    # {train,valid,test}/*.jpg with a one-hot _classes.csv in each split, README.roboflow.txt
+    _write(image_file_factory, ["train/a_jpg.rf.1.jpg", "valid/b_jpg.rf.2.jpg",
+                                "test/c_jpg.rf.3.jpg"])
+    image_file_factory.text("train/_classes.csv")
+    image_file_factory.text("README.roboflow.txt")
+    with pytest.raises(ValueError, match="no image has a label") as error:
+        _scan(image_file_factory.root)
+    message = str(error.value)
+    assert "never from a file like 'train/_classes.csv'" in message
+    assert "README" not in message

@@ -50,6 +50,9 @@ In a split layout:
       `pred`, `seg_pred`, `unlabeled`, `inference` ...) are skipped with a warning, and so
       are folders, not named like splits, that hold split folders of their own, train among
       them (Kaggle's chest_xray repeats `train/`, `val/`, `test/` in `chest_xray/chest_xray/`).
+      When the one such folder has no split folder of class folders beside it, the layout
+      inside it is used and the folders beside it are skipped with a warning (Kaggle's New
+      Plant Diseases: `<name>/<name>/{train,valid}/` beside an unlabelled `test/test/`).
 Explicit control: `layout="class_folders"` never looks for splits (wrappers are still
 unwrapped); `layout="split_folders"` raises when no split folders are found;
 `split_folders={"train": "part1", "test": "part2"}` (keys among train, dev, test, train
@@ -88,6 +91,7 @@ In a split layout, copies in two given splits are reported as split leaks.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -145,8 +149,11 @@ UNLABELLED_FOLDER_NAMES: frozenset[str] = frozenset(
 _TRAIN_AND_DEV_NAMES = frozenset({"trainval", "train_val"})
 _NAME_SEPARATORS = re.compile(r"[_\-. ]+")
 _NUMBERED_TOKEN = re.compile(r"([^\W\d_]+)\d+")
-# Files whose labels this pipeline does not read (it reads them from folder names).
-_LABEL_FILE_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".txt", ".xlsx"})
+# Files whose labels this pipeline does not read (it reads them from folder names): tables of
+# any name, and text files named like labels (`labels.txt`, `val_annotations.txt`; not
+# `README.txt`).
+_LABEL_FILE_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".xlsx"})
+_LABEL_TEXT_WORDS = ("label", "class", "annotation", "meta", "solution", "truth", "categor")
 IMAGE_SET_FOLDER_NAMES: frozenset[str] = frozenset(
     {"images", "image", "imgs", "img", "jpegimages", "photos", "pictures", "pics"}
 )
@@ -651,7 +658,7 @@ def _refuse_image_set_folders(
     if len(folders) < 2:
         return
     names = [folder.class_name for folder in folders]
-    label_files = _label_files(top_files)
+    label_files = _label_files(root, top_files)
     hint = _label_file_hint(label_files) or (
         " Labels are read from folder names only: sort the images into one folder per class.")
     fix = (f"{hint.strip()} For example {root}/cat/1.jpg and {root}/dog/2.jpg. If "
@@ -675,9 +682,17 @@ def _refuse_image_set_folders(
         )
 
 
-def _label_files(files: Iterable[Path]) -> list[str]:
-    """The quoted names of files that may hold labels (`labels.csv`, `trainLabels.csv`)."""
-    return [f"'{path.name}'" for path in files if path.suffix.lower() in _LABEL_FILE_SUFFIXES]
+def _may_hold_labels(path: Path) -> bool:
+    """Whether a file may be a label file: a table (`trainLabels.csv`, `_classes.csv`) or a
+    text file named like one (`labels.txt`), never `README.txt` or `LICENSE.txt`."""
+    suffix = path.suffix.lower()
+    return suffix in _LABEL_FILE_SUFFIXES or (
+        suffix == ".txt" and any(word in path.stem.lower() for word in _LABEL_TEXT_WORDS))
+
+
+def _label_files(root: Path, files: Iterable[Path]) -> list[str]:
+    """The quoted paths, relative to `root`, of the files that may hold labels."""
+    return [f"'{_relative(root, path)}'" for path in files if _may_hold_labels(path)]
 
 
 def _label_file_hint(label_files: list[str]) -> str:
@@ -723,6 +738,8 @@ def _detected_split_layout(
     elif (kept := _split_folders_beside_extras(named, splits, lister)) is not None:
         named, extras = kept
         split_paths = _distinct_splits(root, named, [split_of_folder_name(f.name) for f in named])
+    elif len(copies) == 1 and (inside := _split_layout_inside(root, copies[0], folders, lister)):
+        return inside
     elif _share_class_folders(candidates, lister):
         all_splits = [split_of_folder_name(folder.name) for folder in candidates]
         split_paths = _train_by_elimination(candidates, all_splits)
@@ -782,6 +799,38 @@ def _split_folders_beside_extras(
     return with_classes, extras
 
 
+def _split_layout_inside(
+    root: Path, holder: Path, folders: list[Path], lister: _FolderLister
+) -> _Layout | None:
+    """The split layout inside the one folder that holds split folders, when no split folder
+    of class folders is beside it (Kaggle's New Plant Diseases: `<name>/<name>/{train,valid}/`
+    beside a `test/test/` of unlabelled images); the folders beside it are skipped, each with
+    a warning."""
+    inner = _descend_wrappers(holder, lister)
+    found = _detected_split_layout(root, inner, lister.contents(inner)[0], lister)
+    if found is None:
+        return None
+    others = [folder for folder in folders if folder != holder]
+    for folder in others:
+        lister.skip_log.add(folder, f"beside '{_relative(root, holder)}', which holds the "
+                                    "split folders", "ignored")
+    warnings = tuple(
+        f"Folder '{_relative(root, folder)}' was skipped: the split folders are in "
+        f"'{_relative(root, inner)}'. To use it as a split, name every split with "
+        "data.split_folders (paths relative to the image folder)."
+        for folder in others)
+    return dataclasses.replace(found, warnings=warnings + found.warnings)
+
+
+def _descend_wrappers(folder: Path, lister: _FolderLister) -> Path:
+    """Descends while a folder holds exactly one folder and no image files."""
+    while True:
+        sub_folders, files = lister.contents(folder)
+        if len(sub_folders) != 1 or _has_image_names(files):
+            return folder
+        folder = sub_folders[0]
+
+
 def _train_by_elimination(
     folders: list[Path], splits: list[str | None]
 ) -> dict[str, Path] | None:
@@ -797,11 +846,13 @@ def _train_by_elimination(
 
 
 def _holds_split_folders(folder: Path, lister: _FolderLister) -> bool:
-    """Whether a folder not named like a split holds only split folders, train among them
-    (Kaggle's chest_xray download repeats its splits in `chest_xray/chest_xray/`)."""
+    """Whether a folder not named like a split holds only split folders, train among them,
+    maybe inside wrapper folders (Kaggle's chest_xray download repeats its splits in
+    `chest_xray/chest_xray/`)."""
     if split_of_folder_name(folder.name) is not None:
         return False
-    splits = [split_of_folder_name(path.name) for path in lister.contents(folder)[0]]
+    splits = [split_of_folder_name(path.name)
+              for path in lister.contents(_descend_wrappers(folder, lister))[0]]
     return "train" in splits and all(splits)
 
 
@@ -832,11 +883,14 @@ def _named_like_splits(
     if not trains or len(candidates) < 2:
         return False
     names = ", ".join(_relative(root, folder) for folder in candidates)
+    # Labels may sit beside the splits (Kaggle's `trainLabels.csv`) or in each (Roboflow's
+    # `train/_classes.csv`).
+    label_files = _label_files(root, [*top_files, *lister.contents(trains[0])[1]])
     raise DataError(
         f"The folders {names} in '{root}' are named like splits, but the train folder "
         f"'{_relative(root, trains[0])}' holds no class folders, so no image has a label. "
         f"Put each split's images in one sub-folder per class, e.g. "
-        f"{_relative(root, trains[0])}/cat/1.jpg.{_label_file_hint(_label_files(top_files))} "
+        f"{_relative(root, trains[0])}/cat/1.jpg.{_label_file_hint(label_files)} "
         f"If {names} really are the classes, set data.layout=class_folders."
     )
 
@@ -890,7 +944,9 @@ def _ambiguous_layout_error(
         f"split is which. If they are splits, name them: {example} (keys train, dev, "
         "test; values folder paths relative to the image folder). If "
         f"{listed} are classes that happen to hold sub-folders of the same names, set "
-        "data.layout=class_folders. No image was read."
+        "data.layout=class_folders. If they are versions of the same images (PlantVillage's "
+        f"color/, grayscale/, segmented/), pass one as the image folder, e.g. "
+        f"data.path='{candidates[0]}'. No image was read."
     )
 
 
@@ -1383,7 +1439,7 @@ def _check_enough_classes(
     found = ", ".join(f"'{name}'" for name in class_names) or "none"
     empty = f" Class folders without usable images: {', '.join(excluded)}." if excluded else ""
     label_files = [f"'{_relative(root, entry.path)}'" for entry in skipped
-                   if entry.kind == "ignored" and entry.path.suffix.lower() in _LABEL_FILE_SUFFIXES]
+                   if entry.kind == "ignored" and _may_hold_labels(entry.path)]
     hint = _label_file_hint(label_files)
     raise DataError(
         f"Image folder '{root}' has {len(class_names)} usable class(es) ({found}); a "
