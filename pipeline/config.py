@@ -155,6 +155,11 @@ class TrainConfig:
             learning-rate finder's suggestion for the trainable part with the trained head
             (`pipeline.lr_find.sweep_fine_tune`, 150 steps; plot in the run folder).
         decay_rate: exponential learning-rate decay per epoch in both phases.
+        layer_lr_decay: phase 2's learning rate per depth, as in discriminative fine-tuning:
+            the head trains at `fine_tune_learning_rate`, the backbone's highest block group
+            (above its highest boundary, see `fine_tune_from`) at that times this factor, the
+            group below at the factor squared, and so on. 1 (the default) trains every layer
+            at one rate; in (0, 1]. Measured in the README.
         adam_beta_1, adam_beta_2: Adam's decay rates of its gradient mean and square.
         early_stopping_patience: epochs without improvement of the monitored dev metric
             before stopping; the best epoch's weights are kept.
@@ -191,6 +196,7 @@ class TrainConfig:
     phase2_input: Phase2Input = "auto"
     fine_tune_learning_rate: float | Literal["auto"] = 1e-4
     decay_rate: float = 0.8
+    layer_lr_decay: float = 1.0
     adam_beta_1: float = 0.9
     adam_beta_2: float = 0.999
     early_stopping_patience: int = 3
@@ -263,9 +269,10 @@ SEARCHABLE = {
     "decay_rate": "train.decay_rate", "batch_size": "train.batch_size",
     "mixup_alpha": "train.mixup_alpha", "label_smoothing": "train.label_smoothing",
     "chain": "augment.chain", "fine_tune_from": "train.fine_tune_from",
+    "layer_lr_decay": "train.layer_lr_decay",
 }
 # keys only phase 2 reads: searching one makes every trial train both phases
-PHASE_2_KEYS = ("fine_tune_learning_rate", "fine_tune_from")
+PHASE_2_KEYS = ("fine_tune_learning_rate", "fine_tune_from", "layer_lr_decay")
 
 
 @dataclass(frozen=True)
@@ -290,7 +297,8 @@ class SearchConfig:
         keep_best: how many of the best trials so far the next round zooms around.
         phases: "auto" (both phases if a phase-2 key is searched), "head" or "both".
         head_learning_rate, fine_tune_learning_rate, l2, dropout, adam_beta_1, adam_beta_2,
-            decay_rate, batch_size, mixup_alpha, label_smoothing, chain, fine_tune_from: the
+            decay_rate, batch_size, mixup_alpha, label_smoothing, chain, fine_tune_from,
+            layer_lr_decay: the
             range of the config key each sets (`SEARCHABLE`), searched when named in `keys`.
             `fine_tune_from`'s choices are the backbone's points (`make backbones`).
     """
@@ -313,6 +321,7 @@ class SearchConfig:
     label_smoothing: tuple[int | float | str, ...] = ("linear", 0.0, 0.2)
     chain: tuple[int | float | str, ...] = ("choice", "none", "light", "standard")
     fine_tune_from: tuple[int | float | str, ...] = ("choice", "top", "auto")
+    layer_lr_decay: tuple[int | float | str, ...] = ("linear", 0.3, 1.0)
 
 
 @dataclass(frozen=True)
@@ -609,6 +618,10 @@ def _check_value(key: str, value: Any) -> None:
     if key in FRACTIONS and not 0.0 <= value < 1.0 and not (
             key == "train.decay_rate" and value == 1.0):
         raise ConfigError(f"Config key '{key}' must be in [0, 1). Received: {value!r}.")
+    if key == "train.layer_lr_decay" and not 0.0 < value <= 1.0:
+        raise ConfigError(f"Config key '{key}' must be in (0, 1]: 1 trains every layer at one "
+                          f"rate, 0.7 each block group below at 0.7x the rate above. Received: "
+                          f"{value!r}.")
     if isinstance(value, (int, float)) and value < 0:
         raise ConfigError(f"Config key '{key}' must not be negative. Received: {value!r}.")
 

@@ -115,9 +115,72 @@ def read_class_names(model: keras.Model) -> list[str]:
                          f"by this pipeline. Read the names from labels.txt instead.") from None
 
 
-def adam_with_decay(learning_rate: float, steps_per_epoch: int,
-                    decay_rate: float) -> keras.optimizers.Adam:
-    """Adam whose learning rate decays exponentially, by `decay_rate` each epoch."""
+def adam_with_decay(learning_rate: float, steps_per_epoch: int, decay_rate: float,
+                    rate_scales: dict[str, float] | None = None) -> keras.optimizers.Adam:
+    """Adam whose learning rate decays exponentially, by `decay_rate` each epoch; with
+    `rate_scales` ({variable path: factor}, see `layer_rate_scales`), each variable steps at
+    its own multiple of that rate."""
     schedule = keras.optimizers.schedules.ExponentialDecay(
         learning_rate, decay_steps=max(steps_per_epoch, 1), decay_rate=decay_rate)
+    if rate_scales:
+        return LayerwiseAdam(schedule, rate_scales=rate_scales)
     return keras.optimizers.Adam(schedule)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class LayerwiseAdam(keras.optimizers.Adam):
+    """Adam with a learning-rate factor per variable (discriminative fine-tuning: lower
+    layers, which hold more general features, move more slowly).
+
+    Scaling the gradient would not do it: Adam divides by the gradient's running size, so
+    only the rate itself changes the step. The factors are keyed by variable path (a layer
+    name and the weight's name), so a copy of the model built under a distribution strategy
+    finds them too; a variable not listed steps at the full rate.
+    """
+
+    def __init__(self, *args, rate_scales: dict[str, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rate_scales = dict(rate_scales or {})
+        self._factors: list[float] = []
+
+    def build(self, variables):
+        super().build(variables)
+        self._factors = [self.rate_scales.get(variable.path, 1.0) for variable in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factors[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate * factor)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate_scales": self.rate_scales}
+
+
+def layer_rate_scales(part: keras.Model, boundary_layers: tuple[str, ...] | list[str],
+                      decay: float) -> dict[str, float]:
+    """{variable path: learning-rate factor} for the trainable variables of `part` (the
+    unfrozen part of a backbone): the block group above the highest boundary the part holds
+    gets `decay`, the group below it `decay` squared, and so on down to the first layer
+    (the head, not in `part`, keeps the full rate).
+
+    Args:
+        part: the trainable part, its layers in the order they run.
+        boundary_layers: the first layer of each block group (the backbone spec's
+            `boundaries` values).
+        decay: the factor per group, in (0, 1].
+    """
+    groups: list[tuple[int, keras.layers.Layer]] = []
+    group = 0
+    for layer in _flat_layers(part):
+        group += layer.name in boundary_layers
+        groups.append((group, layer))
+    highest = max((group for group, _ in groups), default=0)
+    return {variable.path: float(decay ** (highest - group + 1))
+            for group, layer in groups for variable in layer.trainable_weights}
+
+
+def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """A model's layers in order, those of nested models in their place."""
+    layers = []
+    for layer in model.layers:
+        layers.extend(_flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return layers

@@ -52,7 +52,7 @@ from pipeline.data.prepare import PreparedData, load_prepared
 from pipeline.features import FeatureCache, Forward, extract_features, make_forward
 from pipeline.inputs import AugmentedImages, CachedViews
 from pipeline.litert import available_cpus
-from pipeline.model import adam_with_decay, assemble_classifier, build_head
+from pipeline.model import adam_with_decay, assemble_classifier, build_head, layer_rate_scales
 
 
 def train_stage(augment: AugmentConfig, model: ModelConfig, training: TrainConfig,
@@ -140,12 +140,14 @@ def train(augment: AugmentConfig, model: ModelConfig, training: TrainConfig, dat
         phase2_logs = [tensorboard_logs(run_dir, "phase2")]
         if feeding == "cached":
             phase2 = cached_phase2(top, head, train_cache.activations, train_labels,
-                                   dev_cache.activations, dev_labels, training)
+                                   dev_cache.activations, dev_labels, training,
+                                   boundary_layers=tuple(spec.boundaries.values()))
         else:
             train_augmenter, eval_augmenter = augmenters(augment, training, data, image_size)
             phase2 = pixel_phase2(base, head, data.images("train"), train_labels,
                                   data.images("dev"), dev_labels, train_augmenter,
-                                  eval_augmenter, training)
+                                  eval_augmenter, training,
+                                  boundary_layers=tuple(spec.boundaries.values()))
         if training.fine_tune_learning_rate == "auto":
             from pipeline.lr_find import resolve_fine_tune_learning_rate
 
@@ -427,23 +429,28 @@ class Phase2:
     train_data: CachedViews | AugmentedImages
     dev_data: CachedViews | AugmentedImages
     description: str
+    part: keras.Model | None = None  # the backbone's trainable part, for layer_lr_decay
+    boundary_layers: tuple[str, ...] = ()  # its block groups' first layers (the spec's)
 
 
 def cached_phase2(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
                   train_labels: np.ndarray, dev_activations: np.ndarray, dev_labels: np.ndarray,
-                  config: TrainConfig) -> Phase2:
+                  config: TrainConfig, *, boundary_layers: tuple[str, ...] = ()) -> Phase2:
     """Phase 2 on cached activations: the unfrozen part of the base (`top`, from
-    `split_backbone` at the cache point) and the head, on the K cached views."""
+    `split_backbone` at the cache point) and the head, on the K cached views
+    (`boundary_layers`: the backbone spec's, for `train.layer_lr_decay`)."""
     model = phase2_model(top, head, train_activations.shape[2:], name="top_blocks_and_head")
     train_data, dev_data = cached_datasets(train_activations, train_labels, dev_activations,
                                            dev_labels, config,
                                            num_classes=model.output_shape[-1])
-    return Phase2(model, train_data, dev_data, "phase 2 (fine-tune on cached activations)")
+    return Phase2(model, train_data, dev_data, "phase 2 (fine-tune on cached activations)",
+                  top, tuple(boundary_layers))
 
 
 def pixel_phase2(base: keras.Model, head: keras.Model, train_images: np.ndarray,
                  train_labels: np.ndarray, dev_images: np.ndarray, dev_labels: np.ndarray,
-                 train_augmenter, eval_augmenter, config: TrainConfig) -> Phase2:
+                 train_augmenter, eval_augmenter, config: TrainConfig, *,
+                 boundary_layers: tuple[str, ...] = ()) -> Phase2:
     """Phase 2 on pixels: the unfrozen part of `base` (see `freeze_backbone`) and the head, on
     images augmented live, a fresh view of every image each epoch.
 
@@ -460,16 +467,26 @@ def pixel_phase2(base: keras.Model, head: keras.Model, train_images: np.ndarray,
                                  mixup_alpha=config.mixup_alpha, first_view=config.cached_views)
     dev_data = AugmentedImages(dev_images, dev_labels, eval_augmenter, config.batch_size * 4,
                                seed=config.seed, shuffle=False, num_classes=classes)
-    return Phase2(model, train_data, dev_data, "phase 2 (fine-tune on pixels augmented live)")
+    return Phase2(model, train_data, dev_data, "phase 2 (fine-tune on pixels augmented live)",
+                  base, tuple(boundary_layers))
 
 
 def fit_phase2(phase2: Phase2, train_labels: np.ndarray, config: TrainConfig, backup_dir: Path,
                *, callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
-    """Fits phase 2 at `train.fine_tune_learning_rate` (a number: "auto" is resolved before);
-    `callbacks` run beside early stopping and the backup."""
+    """Fits phase 2 at `train.fine_tune_learning_rate` (a number: "auto" is resolved before),
+    lower block groups at lower rates when `train.layer_lr_decay` < 1; `callbacks` run beside
+    early stopping and the backup."""
+    scales = None
+    if config.layer_lr_decay < 1 and phase2.part is not None:
+        scales = layer_rate_scales(phase2.part, phase2.boundary_layers, config.layer_lr_decay)
+        factors = sorted(set(scales.values()), reverse=True)
+        print(f"train.layer_lr_decay={config.layer_lr_decay}: the head at "
+              f"{config.fine_tune_learning_rate:g}, the backbone's block groups from the top at "
+              + ", ".join(f"{factor:.3g}x" for factor in factors) + " of it.")
     return _fit(phase2.model, phase2.train_data, phase2.dev_data, train_labels, config,
                 learning_rate=config.fine_tune_learning_rate, epochs=config.fine_tune_epochs,
-                backup_dir=backup_dir, phase=phase2.description, callbacks=callbacks)
+                backup_dir=backup_dir, phase=phase2.description, callbacks=callbacks,
+                rate_scales=scales)
 
 
 def fine_tune(top: keras.Model, head: keras.Model, train_activations: np.ndarray,
@@ -508,7 +525,8 @@ def phase2_model(trainable_part: keras.Model, head: keras.Model, input_shape: tu
 def _fit(model: keras.Model, train_data, dev_data, train_labels: np.ndarray,
          config: TrainConfig, *, learning_rate: float, epochs: int, backup_dir: Path,
          phase: str, steps_per_execution: int = 1,
-         callbacks: list[keras.callbacks.Callback] | None = None) -> dict:
+         callbacks: list[keras.callbacks.Callback] | None = None,
+         rate_scales: dict[str, float] | None = None) -> dict:
     """Compiles (after every change of `trainable`) and fits over `train_data` (a PyDataset
     with `set_epoch`) with early stopping, backup and the caller's `callbacks`."""
     # The early-stopping state is saved before the backup each epoch (see ResumableEarlyStopping)
@@ -522,7 +540,8 @@ def _fit(model: keras.Model, train_data, dev_data, train_labels: np.ndarray,
 
     def compile_and_fit(model: keras.Model, fed_train, fed_dev, steps_per_execution) -> None:
         compile_model(model, learning_rate=learning_rate, steps_per_epoch=len(train_data),
-                      config=config, steps_per_execution=steps_per_execution)
+                      config=config, steps_per_execution=steps_per_execution,
+                      rate_scales=rate_scales)
         # The datasets shuffle the examples with their own seeded generators; Keras' own shuffle
         # of the batch order would draw from a process-wide generator a resumed run cannot replay
         model.fit(fed_train, validation_data=fed_dev, epochs=epochs, callbacks=callbacks,
@@ -539,11 +558,13 @@ def _fit(model: keras.Model, train_data, dev_data, train_labels: np.ndarray,
 
 
 def compile_model(model: keras.Model, *, learning_rate: float, steps_per_epoch: int,
-                  config: TrainConfig, steps_per_execution: int = 1) -> None:
+                  config: TrainConfig, steps_per_execution: int = 1,
+                  rate_scales: dict[str, float] | None = None) -> None:
     """Compiles as both phases and the search train: Adam with exponential decay from
-    `learning_rate` (Adam's betas from the config), categorical cross-entropy on one-hot
-    labels (smoothed by `train.label_smoothing`), accuracy."""
-    optimizer = adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate)
+    `learning_rate` (Adam's betas from the config; a factor per variable with `rate_scales`),
+    categorical cross-entropy on one-hot labels (smoothed by `train.label_smoothing`),
+    accuracy."""
+    optimizer = adam_with_decay(learning_rate, steps_per_epoch, config.decay_rate, rate_scales)
     # read by Adam's update step, so setting them before the first step is enough
     optimizer.beta_1, optimizer.beta_2 = config.adam_beta_1, config.adam_beta_2
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)

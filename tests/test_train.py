@@ -235,3 +235,50 @@ def test_an_unknown_fine_tune_point_is_a_config_error_naming_the_backbones_point
                               "train.fine_tune_from=conv4"]).train.fine_tune_from == "conv4"
     with pytest.raises(ConfigError, match="cached, pixels"):
         load_config(None, ["train.phase2_input=live"])
+
+
+# ---------------------------------------------------------------- phase 2: layer_lr_decay
+
+
+@pytest.mark.parametrize(("fine_tune_from", "factors"), [
+    ("top", [0.5]), ("block5a", [0.5, 0.25]), ("block4a", [0.5, 0.25, 0.125])])
+def test_layer_rate_scales_step_down_one_factor_per_block_group(fine_tune_from, factors):
+    from pipeline.model import layer_rate_scales
+
+    spec, base, bottom, top, head = _phase2_parts(fine_tune_from)
+    scales = layer_rate_scales(top, tuple(spec.boundaries.values()), 0.5)
+    assert sorted(set(scales.values()), reverse=True) == factors
+    # every trainable weight of the part has a factor; the highest group has the largest
+    assert set(scales) == {variable.path for variable in top.trainable_weights}
+    assert scales["top_conv/kernel"] == 0.5
+    if fine_tune_from == "block5a":
+        assert scales["block5a_expand_conv/kernel"] == 0.25
+        assert scales["block6a_expand_conv/kernel"] == 0.5
+
+
+def test_layerwise_adam_steps_each_weight_as_adam_at_its_own_rate():
+    from pipeline.model import LayerwiseAdam, adam_with_decay
+
+    def stepped(optimizer):
+        keras.utils.set_random_seed(3)  # the same start, so the same first gradients
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(3, name="low")(inputs)
+        net = keras.Model(inputs, keras.layers.Dense(2, name="high")(hidden))
+        net.compile(optimizer=optimizer, loss="categorical_crossentropy")
+        x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+        net.train_on_batch(x, keras.utils.to_categorical(np.arange(16) % 2, 2))
+        return {layer: net.get_layer(layer).kernel.numpy() for layer in ("low", "high")}
+
+    scaled = stepped(LayerwiseAdam(1e-2, rate_scales={"low/kernel": 0.1, "low/bias": 0.1}))
+    full, tenth = stepped(keras.optimizers.Adam(1e-2)), stepped(keras.optimizers.Adam(1e-3))
+    np.testing.assert_allclose(scaled["low"], tenth["low"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(scaled["high"], full["high"], rtol=0, atol=1e-7)
+    assert np.abs(full["low"] - tenth["low"]).max() > 1e-3  # the rates did differ
+    assert isinstance(adam_with_decay(1e-3, 10, 0.8, {"low/kernel": 0.5}), LayerwiseAdam)
+    assert type(adam_with_decay(1e-3, 10, 0.8)) is keras.optimizers.Adam
+
+
+def test_layer_lr_decay_is_checked():
+    with pytest.raises(ConfigError, match=r"'train.layer_lr_decay' must be in \(0, 1\]"):
+        load_config(None, ["train.layer_lr_decay=0"])
+    assert load_config(None, ["train.layer_lr_decay=0.7"]).train.layer_lr_decay == 0.7

@@ -123,7 +123,8 @@ class TrialTrainer:
                 freeze_backbone(base, self.spec, unfreeze_top=True, fine_tune_from=depth)
                 phase2 = cached_phase2(top, head, train_cache.activations,
                                        self.labels["train"], dev_cache.activations,
-                                       self.labels["dev"], training)
+                                       self.labels["dev"], training,
+                                       boundary_layers=tuple(self.spec.boundaries.values()))
                 if training.fine_tune_learning_rate == "auto":
                     training = resolve_fine_tune_learning_rate(training, phase2.model,
                                                                phase2.train_data)
