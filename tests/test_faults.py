@@ -309,7 +309,9 @@ def test_killed_in_every_stage_the_run_resumes_to_the_same_result(
     assert check_same(folders, expected), f"killed in {killed_in}: not the uninterrupted run"
     SCOREBOARD["runs resumed exactly"] += len(killed_in)
     SCOREBOARD["faults survived"] += len(killed_in) + damages
-    assert len(set(killed_in)) >= 5, f"kills landed in too few stages: {killed_in}"
+    # A kill lands at or after its aim, and an aim the run finishes first misses (the next run
+    # has nothing left to kill): CI saw 7, 7 and 5 distinct parts hit. Four is the floor.
+    assert len(set(killed_in)) >= 4, f"kills landed in too few stages: {killed_in}"
 
 
 def check_resumed(run: Run, killed_in: str, damaged: Path | None) -> None:
